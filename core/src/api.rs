@@ -1,0 +1,225 @@
+//! The sans-IO surface of a node: what goes in, what comes out.
+//!
+//! A driver (the simulator or the production binary) feeds [`Input`]s to
+//! [`crate::Node::handle_input`] and then drains [`crate::Node::poll_output`]
+//! until it returns [`Output::Timeout`], which is always last. Time is an
+//! input; every side effect is an output; nothing here touches a clock, a
+//! socket or a file.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::dvv::{Dot, Sibling, VersionVector};
+use crate::types::{IoId, NodeId, RequestId, Time};
+
+/// An opaque causal context handed to clients with every read and returned
+/// with writes. Encode it with [`encode_context`] to give it to a client.
+pub type Context = VersionVector;
+
+/// Encodes a causal context as opaque bytes for clients.
+pub fn encode_context(ctx: &Context) -> Vec<u8> {
+    postcard::to_allocvec(ctx).unwrap_or_default()
+}
+
+/// Decodes client-supplied context bytes; malformed input is an error, never
+/// a panic.
+pub fn decode_context(bytes: &[u8]) -> Result<Context, crate::Error> {
+    let ctx: Context = postcard::from_bytes(bytes)
+        .map_err(|e| crate::Error::BadContext(alloc::format!("{e}")))?;
+    if !ctx.is_well_formed() {
+        return Err(crate::Error::BadContext("entries not sorted or zero".into()));
+    }
+    Ok(ctx)
+}
+
+/// Everything a node reacts to.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Bytes received from a peer (one whole envelope).
+    Message {
+        now: Time,
+        from: NodeId,
+        bytes: Bytes,
+    },
+    /// A client request. `id` is chosen by the driver and echoed in the reply.
+    Client {
+        now: Time,
+        id: RequestId,
+        request: Request,
+    },
+    /// Completion of a [`Output::Sync`] or [`Output::Read`].
+    IoDone {
+        now: Time,
+        io: IoId,
+        result: IoResult,
+    },
+    /// The deadline of the last [`Output::Timeout`] (or later) has passed.
+    Timeout(Time),
+    /// Begin a clean shutdown: stop taking requests, persist what is needed to
+    /// restart under the same epoch, then emit [`Event::ShutdownComplete`].
+    Shutdown { now: Time },
+}
+
+/// Everything a node asks its driver to do, or tells its observers.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send one envelope to a peer. Delivery is best effort.
+    Send { to: NodeId, bytes: Bytes },
+    /// Buffer a storage write (`value: None` deletes). A write is not durable,
+    /// and has no completion of its own, until a later [`Output::Sync`]
+    /// completes: that completion reports the fate of every write before it.
+    Write {
+        io: IoId,
+        key: Bytes,
+        value: Option<Bytes>,
+    },
+    /// Make every earlier write durable; answer with [`Input::IoDone`].
+    Sync { io: IoId },
+    /// Read from storage; answer with [`Input::IoDone`] carrying
+    /// [`IoResult::Loaded`].
+    Read { io: IoId, request: ReadRequest },
+    /// Answer a client request.
+    Reply { id: RequestId, response: Response },
+    /// An observation for checkers, metrics and traces.
+    Event(Event),
+    /// Nothing more to do until this time (or until another input). Always
+    /// the last output of a drain.
+    Timeout(Time),
+}
+
+/// What a storage read asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadRequest {
+    /// Every record, at start-up.
+    All,
+}
+
+/// The outcome of a storage operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IoResult {
+    /// A sync completed: every write issued before it is durable.
+    Synced,
+    /// A read completed with these records (storage key, stored bytes).
+    Loaded(Vec<(Bytes, Bytes)>),
+    /// The operation failed; for a sync, durability of earlier writes is
+    /// unknown and the node halts.
+    Failed(String),
+}
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Get {
+        key: Bytes,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        context: Context,
+    },
+    Delete {
+        key: Bytes,
+        context: Context,
+    },
+}
+
+impl Request {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// The answer to a client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A read: the causally maximal siblings (tombstones included, marked by
+    /// `value == None`) and the context to pass to a following write.
+    Read {
+        siblings: Vec<Sibling>,
+        context: Context,
+    },
+    /// A put or delete was made durable on at least W replicas.
+    Written,
+    /// The request failed. For writes, `Timeout` is indeterminate: the write
+    /// may or may not take effect.
+    Error(ClientError),
+}
+
+impl Response {
+    /// Live values of a read (tombstones left out).
+    pub fn values(&self) -> Vec<&Bytes> {
+        match self {
+            Response::Read { siblings, .. } => {
+                siblings.iter().filter_map(|s| s.value.as_ref()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Why a client request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ClientError {
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+    #[error("quorum not reached: {acks} of {needed} replicas answered in time")]
+    Timeout { acks: u8, needed: u8 },
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Observations: for oracles, metrics and traces. Never needed for correctness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Start-up finished loading storage.
+    Recovered {
+        epoch: u32,
+        clean: bool,
+        records: usize,
+        corrupt: usize,
+    },
+    /// The node serves requests from now on.
+    Serving,
+    /// A coordinator created a new dot for a client write.
+    WriteIssued {
+        request: RequestId,
+        key: Bytes,
+        dot: Dot,
+        tombstone: bool,
+    },
+    /// A clean shutdown persisted everything; the driver may stop the node.
+    ShutdownComplete,
+    /// The node stopped after a fatal storage error and must be restarted.
+    Halted { reason: String },
+    /// A peer's handshake was refused.
+    PeerRefused { peer: NodeId, reason: String },
+    /// A peer's handshake succeeded with this protocol.
+    PeerConnected { peer: NodeId, protocol: u16 },
+    /// A peer was judged up or down by the failure detector.
+    PeerLiveness { peer: NodeId, up: bool },
+    /// Bytes from a peer could not be decoded (counted, then dropped).
+    Undecodable { from: NodeId, reason: String },
+    /// A well-formed message of an unknown type (counted, then dropped).
+    UnknownMessage { from: NodeId, msg_type: u16 },
+    /// A stored record failed its checksum or could not be decoded; it is
+    /// treated as lost and repaired from replicas.
+    CorruptRecord { key: Bytes },
+    HintStored { target: NodeId, key: Bytes },
+    HintDelivered { target: NodeId, key: Bytes },
+    /// A hint was refused because the hint store is full; anti-entropy will
+    /// repair the replica instead.
+    HintDropped { target: NodeId, key: Bytes },
+    ReadRepair { key: Bytes, target: NodeId },
+    AntiEntropy {
+        partition: u16,
+        peer: NodeId,
+        keys: usize,
+    },
+    TombstoneReaped { key: Bytes },
+}

@@ -1,0 +1,193 @@
+//! Node configuration: replication parameters, timings and bounds.
+
+use alloc::vec::Vec;
+
+use crate::types::{Duration, NodeId};
+use crate::version::ReleaseId;
+
+/// Replication factor and quorums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quorum {
+    pub n: u8,
+    pub r: u8,
+    pub w: u8,
+}
+
+impl Default for Quorum {
+    fn default() -> Self {
+        Quorum { n: 3, r: 2, w: 2 }
+    }
+}
+
+impl Quorum {
+    /// Strict quorums: every read quorum meets every write quorum.
+    pub fn is_strict(&self) -> bool {
+        self.r as u16 + self.w as u16 > self.n as u16
+    }
+}
+
+/// Every timer a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// The resolution of periodic work.
+    pub tick: Duration,
+    /// A client request not answered by then fails (indeterminate for writes).
+    pub request_timeout: Duration,
+    /// A replica that has not acknowledged a write by then gets a hint.
+    pub hint_after: Duration,
+    /// How often stored hints are offered to their targets.
+    pub hint_retry: Duration,
+    /// How long a coordinator keeps collecting replies after answering a read,
+    /// for read repair.
+    pub read_repair_window: Duration,
+    pub gossip_interval: Duration,
+    /// A peer whose heartbeat has not advanced for this long is judged down.
+    pub peer_down_after: Duration,
+    /// How often a node starts an anti-entropy exchange.
+    pub anti_entropy_interval: Duration,
+    /// A tombstone is reaped only this long after every replica holds it.
+    pub tombstone_grace: Duration,
+    /// How often the node looks for tombstones to reap.
+    pub reap_interval: Duration,
+    /// How often an unanswered handshake is retried.
+    pub handshake_retry: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            tick: Duration::from_millis(10),
+            request_timeout: Duration::from_millis(1500),
+            hint_after: Duration::from_millis(400),
+            hint_retry: Duration::from_millis(500),
+            read_repair_window: Duration::from_millis(300),
+            gossip_interval: Duration::from_millis(200),
+            peer_down_after: Duration::from_millis(1500),
+            anti_entropy_interval: Duration::from_millis(500),
+            tombstone_grace: Duration::from_secs(10),
+            reap_interval: Duration::from_secs(2),
+            handshake_retry: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Every bound a node enforces; inputs beyond them are refused or dropped and
+/// counted, never buffered without limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_len: usize,
+    pub max_value_len: usize,
+    /// Client requests in flight on this node (coordinated or forwarded).
+    pub max_inflight: usize,
+    /// Siblings a key may hold; a write that would exceed it is refused.
+    pub max_siblings: usize,
+    /// Hints stored on this node across all targets.
+    pub max_hints: usize,
+    /// Messages queued for a peer while its handshake is pending.
+    pub max_peer_queue: usize,
+    /// Largest envelope accepted from a peer.
+    pub max_message_len: usize,
+    /// Keys exchanged in one anti-entropy round.
+    pub max_ae_keys: usize,
+    /// Outputs buffered before a drain (a bug if exceeded).
+    pub max_outputs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_len: 1024,
+            max_value_len: 1 << 20,
+            max_inflight: 4096,
+            max_siblings: 64,
+            max_hints: 100_000,
+            max_peer_queue: 1024,
+            max_message_len: 16 << 20,
+            max_ae_keys: 256,
+            max_outputs: 1 << 20,
+        }
+    }
+}
+
+/// Switchable bugs, used only to prove that the simulator finds them.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// A replica acknowledges a write before it is durable.
+    pub ack_before_durable: bool,
+}
+
+/// Everything that configures one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// The static seed list: every member, this node included.
+    pub members: Vec<NodeId>,
+    pub release: ReleaseId,
+    pub quorum: Quorum,
+    /// Fixed ring partitions (anti-entropy ranges).
+    pub partitions: u16,
+    /// Virtual nodes per member on the ring.
+    pub vnodes: u16,
+    pub timing: Timing,
+    pub limits: Limits,
+    /// Seeds every random choice of this node (gossip peers, jitter).
+    pub seed: u64,
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: PlantedBugs,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, members: Vec<NodeId>, seed: u64) -> Self {
+        NodeConfig {
+            id,
+            members,
+            release: ReleaseId::current(),
+            quorum: Quorum::default(),
+            partitions: 64,
+            vnodes: 16,
+            timing: Timing::default(),
+            limits: Limits::default(),
+            seed,
+            #[cfg(feature = "planted-bugs")]
+            bugs: PlantedBugs::default(),
+        }
+    }
+
+    /// Checks the configuration; the message names the offending field.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        use alloc::format;
+        let bad = |field: &str, why: alloc::string::String| {
+            Err(crate::Error::Config(format!("{field}: {why}")))
+        };
+        let q = self.quorum;
+        if q.n == 0 || q.r == 0 || q.w == 0 {
+            return bad("quorum", "n, r and w must be at least 1".into());
+        }
+        if q.r > q.n || q.w > q.n {
+            return bad("quorum", format!("r={} and w={} must not exceed n={}", q.r, q.w, q.n));
+        }
+        if !q.is_strict() {
+            return bad("quorum", format!("r+w must exceed n for strict quorums (r={} w={} n={})", q.r, q.w, q.n));
+        }
+        if self.members.len() < q.n as usize {
+            return bad("members", format!("{} members cannot hold n={} replicas", self.members.len(), q.n));
+        }
+        if !self.members.contains(&self.id) {
+            return bad("members", format!("the list does not contain this node ({})", self.id));
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.members.len() {
+            return bad("members", "duplicate node ids".into());
+        }
+        if self.partitions == 0 || self.vnodes == 0 {
+            return bad("partitions", "partitions and vnodes must be at least 1".into());
+        }
+        if self.release.get().is_none() {
+            return bad("release", format!("unknown release index {}", self.release.0));
+        }
+        Ok(())
+    }
+}

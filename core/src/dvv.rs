@@ -1,0 +1,381 @@
+//! Dotted version vectors: the causality of one key.
+//!
+//! Every stored value (sibling) carries the dot that created it. A key's state
+//! is its set of siblings plus a causal context: the version vector of every dot
+//! this state has seen. A write with a client context removes exactly the
+//! siblings that context covers; concurrent siblings survive. Merging two
+//! states keeps a sibling unless the other side has seen its dot and dropped it.
+//!
+//! Actors are `(node, epoch)`: a node that lost state restarts under a new epoch
+//! and so can never reissue a dot (the Riak kv679 bug class). Counters come from
+//! one monotone per-actor sequence shared by all keys, so a reaped key never
+//! restarts its counters either.
+
+use alloc::vec::Vec;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// The issuer of dots: one incarnation of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Actor {
+    pub node: NodeId,
+    pub epoch: u32,
+}
+
+/// One event in the causal history of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    pub actor: Actor,
+    pub counter: u64,
+}
+
+impl core::fmt::Display for Dot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}.e{}:{}", self.actor.node, self.actor.epoch, self.counter)
+    }
+}
+
+/// A version vector: for each actor, the highest counter seen. Sorted by actor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VersionVector {
+    entries: Vec<(Actor, u64)>,
+}
+
+impl VersionVector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a vector from arbitrary entries (duplicates keep the maximum).
+    pub fn from_entries(entries: impl IntoIterator<Item = (Actor, u64)>) -> Self {
+        let mut vv = VersionVector::new();
+        for (a, c) in entries {
+            vv.observe(Dot {
+                actor: a,
+                counter: c,
+            });
+        }
+        vv
+    }
+
+    pub fn entries(&self) -> &[(Actor, u64)] {
+        &self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, actor: Actor) -> u64 {
+        match self.entries.binary_search_by(|(a, _)| a.cmp(&actor)) {
+            Ok(i) => self.entries[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// True when this vector has seen `dot`.
+    pub fn covers(&self, dot: Dot) -> bool {
+        dot.counter <= self.get(dot.actor)
+    }
+
+    /// Records that `dot` (and so every earlier dot of its actor) has been seen.
+    pub fn observe(&mut self, dot: Dot) {
+        match self.entries.binary_search_by(|(a, _)| a.cmp(&dot.actor)) {
+            Ok(i) => {
+                let c = &mut self.entries[i].1;
+                if *c < dot.counter {
+                    *c = dot.counter;
+                }
+            }
+            Err(i) => self.entries.insert(i, (dot.actor, dot.counter)),
+        }
+    }
+
+    /// Pointwise maximum.
+    pub fn merge(&mut self, other: &VersionVector) {
+        if other.entries.is_empty() {
+            return;
+        }
+        if self.entries.is_empty() {
+            self.entries.clone_from(&other.entries);
+            return;
+        }
+        let mut out = Vec::with_capacity(self.entries.len().max(other.entries.len()));
+        let (mut i, mut j) = (0, 0);
+        let (a, b) = (&self.entries, &other.entries);
+        while i < a.len() && j < b.len() {
+            match a[i].0.cmp(&b[j].0) {
+                core::cmp::Ordering::Less => {
+                    out.push(a[i]);
+                    i += 1;
+                }
+                core::cmp::Ordering::Greater => {
+                    out.push(b[j]);
+                    j += 1;
+                }
+                core::cmp::Ordering::Equal => {
+                    out.push((a[i].0, a[i].1.max(b[j].1)));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&a[i..]);
+        out.extend_from_slice(&b[j..]);
+        self.entries = out;
+    }
+
+    /// True when every entry of `other` is covered by `self`.
+    pub fn dominates(&self, other: &VersionVector) -> bool {
+        other.entries.iter().all(|&(a, c)| self.get(a) >= c)
+    }
+
+    /// Checks the invariants of the representation (sorted, no zero counters).
+    pub fn is_well_formed(&self) -> bool {
+        self.entries.windows(2).all(|w| w[0].0 < w[1].0) && self.entries.iter().all(|e| e.1 > 0)
+    }
+}
+
+/// One stored version of a key. `value == None` is a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sibling {
+    pub dot: Dot,
+    pub value: Option<Bytes>,
+}
+
+impl Sibling {
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// The replicated state of one key: concurrent siblings and the causal context.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyState {
+    /// Sorted by dot, dots unique.
+    siblings: Vec<Sibling>,
+    context: VersionVector,
+}
+
+impl KeyState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn siblings(&self) -> &[Sibling] {
+        &self.siblings
+    }
+
+    pub fn context(&self) -> &VersionVector {
+        &self.context
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.siblings.is_empty()
+    }
+
+    /// Every sibling is a tombstone (and there is at least one).
+    pub fn is_tombstone_only(&self) -> bool {
+        !self.siblings.is_empty() && self.siblings.iter().all(Sibling::is_tombstone)
+    }
+
+    /// Live (non-tombstone) values.
+    pub fn values(&self) -> impl Iterator<Item = &Bytes> {
+        self.siblings.iter().filter_map(|s| s.value.as_ref())
+    }
+
+    /// Applies a client write: removes exactly the siblings `seen` covers, adds a
+    /// new sibling under `dot`, and folds `seen` and `dot` into the context.
+    pub fn apply_write(&mut self, seen: &VersionVector, dot: Dot, value: Option<Bytes>) {
+        self.siblings
+            .retain(|s| !seen.covers(s.dot) && s.dot != dot);
+        self.context.merge(seen);
+        self.context.observe(dot);
+        let at = self
+            .siblings
+            .binary_search_by(|s| s.dot.cmp(&dot))
+            .unwrap_or_else(|i| i);
+        self.siblings.insert(at, Sibling { dot, value });
+    }
+
+    /// Merges another replica's state into this one. Returns true when this
+    /// state changed.
+    pub fn merge(&mut self, other: &KeyState) -> bool {
+        if other == self {
+            return false;
+        }
+        let mut out: Vec<Sibling> = Vec::with_capacity(self.siblings.len() + other.siblings.len());
+        let (a, b) = (&self.siblings, &other.siblings);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let ord = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.dot.cmp(&y.dot),
+                (Some(_), None) => core::cmp::Ordering::Less,
+                (None, _) => core::cmp::Ordering::Greater,
+            };
+            match ord {
+                core::cmp::Ordering::Equal => {
+                    out.push(a[i].clone());
+                    i += 1;
+                    j += 1;
+                }
+                core::cmp::Ordering::Less => {
+                    if !other.context.covers(a[i].dot) {
+                        out.push(a[i].clone());
+                    }
+                    i += 1;
+                }
+                core::cmp::Ordering::Greater => {
+                    if !self.context.covers(b[j].dot) {
+                        out.push(b[j].clone());
+                    }
+                    j += 1;
+                }
+            }
+        }
+        let mut context = self.context.clone();
+        context.merge(&other.context);
+        let changed = out != self.siblings || context != self.context;
+        self.siblings = out;
+        self.context = context;
+        changed
+    }
+
+    /// Replaces this state with `other` outright, discarding concurrent
+    /// siblings. Only a planted bug does this.
+    #[cfg(feature = "planted-bugs")]
+    pub fn overwrite_with(&mut self, other: &KeyState) -> bool {
+        let changed = self != other;
+        *self = other.clone();
+        changed
+    }
+
+    /// A stable digest of the whole state, for Merkle trees and comparisons.
+    pub fn digest(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(self.siblings.len() as u64).to_le_bytes());
+        for s in &self.siblings {
+            hash_dot(&mut h, s.dot);
+            match &s.value {
+                Some(v) => {
+                    h.update(&[1]);
+                    h.update(&(v.len() as u64).to_le_bytes());
+                    h.update(v);
+                }
+                None => h.update(&[0]),
+            }
+        }
+        h.update(&(self.context.entries.len() as u64).to_le_bytes());
+        for &(a, c) in &self.context.entries {
+            hash_dot(&mut h, Dot { actor: a, counter: c });
+        }
+        h.digest()
+    }
+
+    /// Checks the representation invariants: siblings sorted with unique dots,
+    /// every sibling's dot covered by the context, the context well formed.
+    pub fn is_well_formed(&self) -> bool {
+        self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
+            && self.siblings.iter().all(|s| self.context.covers(s.dot))
+            && self.context.is_well_formed()
+    }
+
+    /// Builds a state from parts, normalising order. Used by decoders; callers
+    /// should check [`KeyState::is_well_formed`] on untrusted input.
+    pub fn from_parts(mut siblings: Vec<Sibling>, context: VersionVector) -> Self {
+        siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
+        KeyState { siblings, context }
+    }
+
+    /// Approximate size in bytes, for bounding messages.
+    pub fn approx_size(&self) -> usize {
+        16 + self.context.entries.len() * 16
+            + self
+                .siblings
+                .iter()
+                .map(|s| 24 + s.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
+    }
+}
+
+fn hash_dot(h: &mut xxhash_rust::xxh3::Xxh3, d: Dot) {
+    h.update(&d.actor.node.0.to_le_bytes());
+    h.update(&d.actor.epoch.to_le_bytes());
+    h.update(&d.counter.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn actor(n: u32) -> Actor {
+        Actor {
+            node: NodeId(n),
+            epoch: 1,
+        }
+    }
+    fn dot(n: u32, c: u64) -> Dot {
+        Dot {
+            actor: actor(n),
+            counter: c,
+        }
+    }
+    fn val(s: &str) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn write_with_context_supersedes_exactly_what_it_saw() {
+        let mut s = KeyState::new();
+        s.apply_write(&VersionVector::new(), dot(1, 1), val("a"));
+        let seen_a = s.context().clone();
+        s.apply_write(&VersionVector::new(), dot(2, 1), val("b"));
+        assert_eq!(s.siblings().len(), 2, "blind writes are concurrent");
+        s.apply_write(&seen_a, dot(1, 2), val("c"));
+        let vals: Vec<_> = s.values().cloned().collect();
+        // Siblings are ordered by dot: n1's "c" before n2's "b"; "a" is gone.
+        assert_eq!(vals, vec![val("c").unwrap(), val("b").unwrap()]);
+        assert!(s.is_well_formed());
+    }
+
+    #[test]
+    fn merge_keeps_concurrent_and_drops_superseded() {
+        let mut a = KeyState::new();
+        a.apply_write(&VersionVector::new(), dot(1, 1), val("a"));
+        let mut b = a.clone();
+        b.apply_write(&a.context().clone(), dot(2, 1), val("b"));
+        let mut c = a.clone();
+        c.apply_write(&VersionVector::new(), dot(3, 1), val("c"));
+        let mut m = c.clone();
+        assert!(m.merge(&b));
+        let dots: Vec<_> = m.siblings().iter().map(|s| s.dot).collect();
+        assert_eq!(dots, vec![dot(2, 1), dot(3, 1)]);
+        let mut m2 = b.clone();
+        m2.merge(&c);
+        assert_eq!(m, m2);
+        assert!(!m.merge(&b), "merge is idempotent");
+    }
+
+    #[test]
+    fn tombstones_are_siblings() {
+        let mut s = KeyState::new();
+        s.apply_write(&VersionVector::new(), dot(1, 1), val("a"));
+        let ctx = s.context().clone();
+        s.apply_write(&ctx, dot(1, 2), None);
+        assert!(s.is_tombstone_only());
+        assert_eq!(s.values().count(), 0);
+    }
+
+    #[test]
+    fn digest_tracks_content() {
+        let mut a = KeyState::new();
+        a.apply_write(&VersionVector::new(), dot(1, 1), val("a"));
+        let mut b = KeyState::new();
+        b.apply_write(&VersionVector::new(), dot(1, 1), val("b"));
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest(), a.clone().digest());
+    }
+}

@@ -1,0 +1,168 @@
+//! The release table: every release this build can act as.
+//!
+//! The simulator runs nodes of different releases side by side from one
+//! build by choosing a row of [`RELEASES`]. A release talks to peers whose
+//! protocol range overlaps its own; the handshake picks the highest common
+//! protocol.
+
+use alloc::format;
+use alloc::string::String;
+use serde::{Deserialize, Serialize};
+
+/// An inclusive range of wire protocol versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl ProtocolRange {
+    pub const fn new(min: u16, max: u16) -> Self {
+        ProtocolRange { min, max }
+    }
+    pub fn contains(&self, v: u16) -> bool {
+        self.min <= v && v <= self.max
+    }
+}
+
+impl core::fmt::Display for ProtocolRange {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.min == self.max {
+            write!(f, "[{}]", self.min)
+        } else {
+            write!(f, "[{}..={}]", self.min, self.max)
+        }
+    }
+}
+
+/// A capability a release has; wire features are used with a peer only when
+/// the negotiated protocol carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Feature {
+    /// Hints are delivered many to a message (protocol 2).
+    HintBatch,
+}
+
+impl Feature {
+    /// The lowest protocol version that carries this feature on the wire.
+    pub const fn min_protocol(self) -> u16 {
+        match self {
+            Feature::HintBatch => 2,
+        }
+    }
+}
+
+/// One release this build can act as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub version: &'static str,
+    pub protocols: ProtocolRange,
+    /// The on-disk schema this release writes.
+    pub schema: u16,
+    pub features: &'static [Feature],
+}
+
+impl Release {
+    pub fn has(&self, f: Feature) -> bool {
+        self.features.contains(&f)
+    }
+}
+
+/// Every release, oldest first. The last row is what this build is.
+pub const RELEASES: &[Release] = &[
+    Release {
+        version: "0.1.0",
+        protocols: ProtocolRange::new(1, 1),
+        schema: 1,
+        features: &[],
+    },
+    Release {
+        version: "0.2.0",
+        protocols: ProtocolRange::new(1, 2),
+        schema: 1,
+        features: &[Feature::HintBatch],
+    },
+];
+
+/// Index into [`RELEASES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReleaseId(pub u8);
+
+impl ReleaseId {
+    pub fn current() -> ReleaseId {
+        ReleaseId((RELEASES.len() - 1) as u8)
+    }
+    pub fn get(self) -> Option<&'static Release> {
+        RELEASES.get(self.0 as usize)
+    }
+    pub fn release(self) -> &'static Release {
+        self.get().unwrap_or(&RELEASES[RELEASES.len() - 1])
+    }
+    pub fn by_version(v: &str) -> Option<ReleaseId> {
+        RELEASES
+            .iter()
+            .position(|r| r.version == v)
+            .map(|i| ReleaseId(i as u8))
+    }
+}
+
+/// Why two peers cannot talk.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no common wire protocol: local release {local_release} speaks {local}, peer release {peer_release} speaks {peer}")]
+pub struct HandshakeError {
+    pub local_release: String,
+    pub local: ProtocolRange,
+    pub peer_release: String,
+    pub peer: ProtocolRange,
+}
+
+/// Picks the highest protocol both ranges contain.
+pub fn negotiate(
+    local_release: &str,
+    local: ProtocolRange,
+    peer_release: &str,
+    peer: ProtocolRange,
+) -> Result<u16, HandshakeError> {
+    let hi = local.max.min(peer.max);
+    let lo = local.min.max(peer.min);
+    if lo <= hi {
+        Ok(hi)
+    } else {
+        Err(HandshakeError {
+            local_release: local_release.into(),
+            local,
+            peer_release: format!("{peer_release}"),
+            peer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_ordered_and_ranges_differ() {
+        assert!(RELEASES.len() >= 2);
+        for w in RELEASES.windows(2) {
+            assert!(w[0].protocols.max <= w[1].protocols.max);
+            assert_ne!(w[0].protocols, w[1].protocols);
+        }
+        for r in RELEASES {
+            for f in r.features {
+                assert!(r.protocols.contains(f.min_protocol()));
+            }
+        }
+    }
+
+    #[test]
+    fn negotiation_picks_highest_common() {
+        let a = ProtocolRange::new(1, 2);
+        let b = ProtocolRange::new(1, 1);
+        assert_eq!(negotiate("0.2.0", a, "0.1.0", b), Ok(1));
+        assert_eq!(negotiate("0.2.0", a, "0.2.0", a), Ok(2));
+        let err = negotiate("0.3.0", ProtocolRange::new(3, 4), "0.1.0", b).unwrap_err();
+        let msg = alloc::string::ToString::to_string(&err);
+        assert!(msg.contains("[3..=4]") && msg.contains("[1]"), "{msg}");
+    }
+}

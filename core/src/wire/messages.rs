@@ -1,0 +1,244 @@
+//! Message bodies and their type codes.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Request, Response};
+use crate::dvv::KeyState;
+use crate::types::{NodeId, RequestId};
+use crate::version::ProtocolRange;
+use crate::Error;
+
+/// Message types 1..=3 form the handshake; their bodies never change.
+pub fn is_handshake_type(t: u16) -> bool {
+    (1..=3).contains(&t)
+}
+
+/// First message to a peer, and again whenever the peer seems to have
+/// forgotten us (it restarted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: NodeId,
+    pub release: String,
+    pub protocols: ProtocolRange,
+    pub epoch: u32,
+}
+
+/// Accepts a [`Hello`] with the protocol both sides will use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    pub node: NodeId,
+    pub release: String,
+    pub protocols: ProtocolRange,
+    pub epoch: u32,
+    pub protocol: u16,
+}
+
+/// Refuses a [`Hello`]; the reason names both protocol ranges.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refuse {
+    pub node: NodeId,
+    pub reason: String,
+}
+
+/// Health of a member as it reports itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Starting,
+    Serving,
+    Draining,
+    Halted,
+}
+
+/// What gossip says about one member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub node: NodeId,
+    pub epoch: u32,
+    /// Incremented by the member itself; failure detection watches it advance.
+    pub heartbeat: u64,
+    pub release: String,
+    pub protocols: ProtocolRange,
+    pub schema: u16,
+    pub cluster_version: String,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gossip {
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaGet {
+    pub req: u64,
+    pub key: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaGetReply {
+    pub req: u64,
+    pub key: Bytes,
+    pub state: KeyState,
+}
+
+/// Store (merge) this state durably, then acknowledge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPut {
+    pub req: u64,
+    pub key: Bytes,
+    pub state: KeyState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPutAck {
+    pub req: u64,
+    pub key: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRepair {
+    pub key: Bytes,
+    pub state: KeyState,
+}
+
+/// A write sent by a non-replica to a replica that will coordinate it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub fwd: u64,
+    pub origin: RequestId,
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardReply {
+    pub fwd: u64,
+    pub response: Response,
+}
+
+/// Anti-entropy step 1: the initiator's bucket hashes for a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeBuckets {
+    pub partition: u16,
+    pub buckets: Vec<u64>,
+}
+
+/// Anti-entropy step 2: the responder's key digests in the differing buckets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeKeys {
+    pub partition: u16,
+    pub buckets: Vec<u16>,
+    pub keys: Vec<(Bytes, u64)>,
+}
+
+/// Anti-entropy step 3 (and 4, with `reply: false`): states of the keys that
+/// differ; `None` asks for the peer's copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeSync {
+    pub partition: u16,
+    pub reply: bool,
+    pub states: Vec<(Bytes, Option<KeyState>)>,
+}
+
+/// May this tombstone-only state be reaped? Asked of every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapQuery {
+    pub key: Bytes,
+    pub digest: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapVote {
+    pub key: Bytes,
+    pub digest: u64,
+    pub yes: bool,
+}
+
+/// Every replica agreed: drop the key if it still has this digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapCommit {
+    pub key: Bytes,
+    pub digest: u64,
+}
+
+/// Many hints to one target in a message (protocol 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintBatch {
+    pub batch: u64,
+    pub items: Vec<(Bytes, KeyState)>,
+}
+
+/// Acknowledges a durable [`HintBatch`] (protocol 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintBatchAck {
+    pub batch: u64,
+    pub keys: Vec<Bytes>,
+}
+
+macro_rules! messages {
+    ($( $code:literal => $name:ident (proto $min:literal) ),* $(,)?) => {
+        /// Every message this release knows.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Message {
+            $( $name($name), )*
+        }
+
+        impl Message {
+            pub fn msg_type(&self) -> u16 {
+                match self { $( Message::$name(_) => $code, )* }
+            }
+
+            /// The lowest protocol version that carries this message.
+            pub fn min_protocol(&self) -> u16 {
+                match self { $( Message::$name(_) => $min, )* }
+            }
+
+            pub fn name(&self) -> &'static str {
+                match self { $( Message::$name(_) => stringify!($name), )* }
+            }
+
+            pub fn encode_body(&self) -> Vec<u8> {
+                let r = match self { $( Message::$name(m) => postcard::to_allocvec(m), )* };
+                r.expect("in-memory serialisation cannot fail")
+            }
+
+            /// Decodes a body of a known type; `Ok(None)` for an unknown type.
+            pub fn decode_body(msg_type: u16, body: &[u8]) -> Result<Option<Message>, Error> {
+                match msg_type {
+                    $( $code => postcard::from_bytes::<$name>(body)
+                        .map(|m| Some(Message::$name(m)))
+                        .map_err(|e| Error::Body(format!("{}: {e}", stringify!($name)))), )*
+                    _ => Ok(None),
+                }
+            }
+        }
+
+        /// Every known message type code with its name and minimum protocol.
+        pub const MESSAGE_TYPES: &[(u16, &str, u16)] = &[ $( ($code, stringify!($name), $min), )* ];
+    };
+}
+
+messages! {
+    1 => Hello (proto 1),
+    2 => HelloAck (proto 1),
+    3 => Refuse (proto 1),
+    4 => Gossip (proto 1),
+    10 => ReplicaGet (proto 1),
+    11 => ReplicaGetReply (proto 1),
+    12 => ReplicaPut (proto 1),
+    13 => ReplicaPutAck (proto 1),
+    14 => ReadRepair (proto 1),
+    15 => Forward (proto 1),
+    16 => ForwardReply (proto 1),
+    20 => AeBuckets (proto 1),
+    21 => AeKeys (proto 1),
+    22 => AeSync (proto 1),
+    30 => ReapQuery (proto 1),
+    31 => ReapVote (proto 1),
+    32 => ReapCommit (proto 1),
+    40 => HintBatch (proto 2),
+    41 => HintBatchAck (proto 2),
+}

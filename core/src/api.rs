@@ -26,10 +26,12 @@ pub fn encode_context(ctx: &Context) -> Vec<u8> {
 /// Decodes client-supplied context bytes; malformed input is an error, never
 /// a panic.
 pub fn decode_context(bytes: &[u8]) -> Result<Context, crate::Error> {
-    let ctx: Context = postcard::from_bytes(bytes)
-        .map_err(|e| crate::Error::BadContext(alloc::format!("{e}")))?;
+    let ctx: Context =
+        postcard::from_bytes(bytes).map_err(|e| crate::Error::BadContext(alloc::format!("{e}")))?;
     if !ctx.is_well_formed() {
-        return Err(crate::Error::BadContext("entries not sorted or zero".into()));
+        return Err(crate::Error::BadContext(
+            "entries not sorted or zero".into(),
+        ));
     }
     Ok(ctx)
 }
@@ -196,30 +198,63 @@ pub enum Event {
     /// A clean shutdown persisted everything; the driver may stop the node.
     ShutdownComplete,
     /// The node stopped after a fatal storage error and must be restarted.
-    Halted { reason: String },
+    Halted {
+        reason: String,
+    },
     /// A peer's handshake was refused.
-    PeerRefused { peer: NodeId, reason: String },
+    PeerRefused {
+        peer: NodeId,
+        reason: String,
+    },
     /// A peer's handshake succeeded with this protocol.
-    PeerConnected { peer: NodeId, protocol: u16 },
+    PeerConnected {
+        peer: NodeId,
+        protocol: u16,
+    },
     /// A peer was judged up or down by the failure detector.
-    PeerLiveness { peer: NodeId, up: bool },
+    PeerLiveness {
+        peer: NodeId,
+        up: bool,
+    },
     /// Bytes from a peer could not be decoded (counted, then dropped).
-    Undecodable { from: NodeId, reason: String },
+    Undecodable {
+        from: NodeId,
+        reason: String,
+    },
     /// A well-formed message of an unknown type (counted, then dropped).
-    UnknownMessage { from: NodeId, msg_type: u16 },
+    UnknownMessage {
+        from: NodeId,
+        msg_type: u16,
+    },
     /// A stored record failed its checksum or could not be decoded; it is
     /// treated as lost and repaired from replicas.
-    CorruptRecord { key: Bytes },
-    HintStored { target: NodeId, key: Bytes },
-    HintDelivered { target: NodeId, key: Bytes },
+    CorruptRecord {
+        key: Bytes,
+    },
+    HintStored {
+        target: NodeId,
+        key: Bytes,
+    },
+    HintDelivered {
+        target: NodeId,
+        key: Bytes,
+    },
     /// A hint was refused because the hint store is full; anti-entropy will
     /// repair the replica instead.
-    HintDropped { target: NodeId, key: Bytes },
-    ReadRepair { key: Bytes, target: NodeId },
+    HintDropped {
+        target: NodeId,
+        key: Bytes,
+    },
+    ReadRepair {
+        key: Bytes,
+        target: NodeId,
+    },
     AntiEntropy {
         partition: u16,
         peer: NodeId,
         keys: usize,
     },
-    TombstoneReaped { key: Bytes },
+    TombstoneReaped {
+        key: Bytes,
+    },
 }

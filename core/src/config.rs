@@ -109,12 +109,14 @@ impl Default for Limits {
     }
 }
 
-/// Switchable bugs, used only to prove that the simulator finds them.
-#[cfg(feature = "planted-bugs")]
+/// Switchable bugs, used only to prove that the simulator finds them. They
+/// can be switched on only in builds with the `planted-bugs` feature.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
     /// A replica acknowledges a write before it is durable.
     pub ack_before_durable: bool,
+    /// A node restarting after a crash keeps its epoch and reuses dot counters.
+    pub reuse_dots_after_crash: bool,
 }
 
 /// Everything that configures one node.
@@ -165,16 +167,35 @@ impl NodeConfig {
             return bad("quorum", "n, r and w must be at least 1".into());
         }
         if q.r > q.n || q.w > q.n {
-            return bad("quorum", format!("r={} and w={} must not exceed n={}", q.r, q.w, q.n));
+            return bad(
+                "quorum",
+                format!("r={} and w={} must not exceed n={}", q.r, q.w, q.n),
+            );
         }
         if !q.is_strict() {
-            return bad("quorum", format!("r+w must exceed n for strict quorums (r={} w={} n={})", q.r, q.w, q.n));
+            return bad(
+                "quorum",
+                format!(
+                    "r+w must exceed n for strict quorums (r={} w={} n={})",
+                    q.r, q.w, q.n
+                ),
+            );
         }
         if self.members.len() < q.n as usize {
-            return bad("members", format!("{} members cannot hold n={} replicas", self.members.len(), q.n));
+            return bad(
+                "members",
+                format!(
+                    "{} members cannot hold n={} replicas",
+                    self.members.len(),
+                    q.n
+                ),
+            );
         }
         if !self.members.contains(&self.id) {
-            return bad("members", format!("the list does not contain this node ({})", self.id));
+            return bad(
+                "members",
+                format!("the list does not contain this node ({})", self.id),
+            );
         }
         let mut sorted = self.members.clone();
         sorted.sort();
@@ -183,10 +204,16 @@ impl NodeConfig {
             return bad("members", "duplicate node ids".into());
         }
         if self.partitions == 0 || self.vnodes == 0 {
-            return bad("partitions", "partitions and vnodes must be at least 1".into());
+            return bad(
+                "partitions",
+                "partitions and vnodes must be at least 1".into(),
+            );
         }
         if self.release.get().is_none() {
-            return bad("release", format!("unknown release index {}", self.release.0));
+            return bad(
+                "release",
+                format!("unknown release index {}", self.release.0),
+            );
         }
         Ok(())
     }

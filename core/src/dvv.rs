@@ -33,7 +33,11 @@ pub struct Dot {
 
 impl core::fmt::Display for Dot {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}.e{}:{}", self.actor.node, self.actor.epoch, self.counter)
+        write!(
+            f,
+            "{}.e{}:{}",
+            self.actor.node, self.actor.epoch, self.counter
+        )
     }
 }
 
@@ -269,7 +273,13 @@ impl KeyState {
         }
         h.update(&(self.context.entries.len() as u64).to_le_bytes());
         for &(a, c) in &self.context.entries {
-            hash_dot(&mut h, Dot { actor: a, counter: c });
+            hash_dot(
+                &mut h,
+                Dot {
+                    actor: a,
+                    counter: c,
+                },
+            );
         }
         h.digest()
     }
@@ -285,7 +295,7 @@ impl KeyState {
     /// Builds a state from parts, normalising order. Used by decoders; callers
     /// should check [`KeyState::is_well_formed`] on untrusted input.
     pub fn from_parts(mut siblings: Vec<Sibling>, context: VersionVector) -> Self {
-        siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
+        siblings.sort_by_key(|s| s.dot);
         KeyState { siblings, context }
     }
 

@@ -32,7 +32,9 @@ pub mod types;
 pub mod version;
 pub mod wire;
 
-pub use api::{ClientError, Context, Event, Input, IoResult, Output, ReadRequest, Request, Response};
+pub use api::{
+    ClientError, Context, Event, Input, IoResult, Output, ReadRequest, Request, Response,
+};
 pub use config::{Limits, NodeConfig, Quorum, Timing};
 pub use dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
 pub use node::Node;

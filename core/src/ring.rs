@@ -34,7 +34,10 @@ impl Ring {
                 let mut buf = [0u8; 6];
                 buf[..4].copy_from_slice(&m.0.to_le_bytes());
                 buf[4..].copy_from_slice(&v.to_le_bytes());
-                tokens.push((xxhash_rust::xxh3::xxh3_64_with_seed(&buf, 0x746f_6b65_6e), m));
+                tokens.push((
+                    xxhash_rust::xxh3::xxh3_64_with_seed(&buf, 0x0074_6f6b_656e),
+                    m,
+                ));
             }
         }
         tokens.sort();
@@ -60,7 +63,11 @@ impl Ring {
             }
             prefs.push(list);
         }
-        Ring { partitions, n, prefs }
+        Ring {
+            partitions,
+            n,
+            prefs,
+        }
     }
 
     pub fn partitions(&self) -> u16 {
@@ -101,7 +108,6 @@ fn partition_width(partitions: u16) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
 
     fn members(k: u32) -> Vec<NodeId> {
         (1..=k).map(NodeId).collect()

@@ -40,8 +40,15 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Meta(Meta),
-    Data { key: Bytes, state: KeyState },
-    Hint { target: NodeId, key: Bytes, state: KeyState },
+    Data {
+        key: Bytes,
+        state: KeyState,
+    },
+    Hint {
+        target: NodeId,
+        key: Bytes,
+        state: KeyState,
+    },
 }
 
 pub fn data_key(user_key: &[u8]) -> Bytes {
@@ -70,7 +77,10 @@ fn encode<T: Serialize>(value: &T) -> Bytes {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.len() < 6 {
-        return Err(Error::Storage(format!("record of {} bytes is too short", bytes.len())));
+        return Err(Error::Storage(format!(
+            "record of {} bytes is too short",
+            bytes.len()
+        )));
     }
     let schema = u16::from_le_bytes([bytes[0], bytes[1]]);
     if schema != SCHEMA {
@@ -116,14 +126,16 @@ pub fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, Error> {
             key: Bytes::copy_from_slice(&key[5..]),
             state: decode_state(value)?,
         }),
-        _ => Err(Error::Storage(format!("unknown record key {:02x?}", &key[..key.len().min(8)]))),
+        _ => Err(Error::Storage(format!(
+            "unknown record key {:02x?}",
+            &key[..key.len().min(8)]
+        ))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
     use crate::dvv::{Actor, Dot, VersionVector};
 
     fn state() -> KeyState {
@@ -151,13 +163,22 @@ mod tests {
             }
         );
         let hk = hint_key(NodeId(7), b"user");
-        assert!(matches!(decode_record(&hk, &encode_state(&s)).unwrap(), Record::Hint { target: NodeId(7), .. }));
+        assert!(matches!(
+            decode_record(&hk, &encode_state(&s)).unwrap(),
+            Record::Hint {
+                target: NodeId(7),
+                ..
+            }
+        ));
         let m = Meta {
             epoch: 4,
             next_counter: 10,
             clean: true,
         };
-        assert_eq!(decode_record(META_KEY, &encode_meta(&m)).unwrap(), Record::Meta(m));
+        assert_eq!(
+            decode_record(META_KEY, &encode_meta(&m)).unwrap(),
+            Record::Meta(m)
+        );
     }
 
     #[test]
@@ -166,7 +187,10 @@ mod tests {
         for i in 0..bytes.len() {
             let mut b = bytes.to_vec();
             b[i] ^= 0x40;
-            assert!(decode_record(&data_key(b"k"), &b).is_err(), "flip at {i} undetected");
+            assert!(
+                decode_record(&data_key(b"k"), &b).is_err(),
+                "flip at {i} undetected"
+            );
         }
         assert!(decode_record(&data_key(b"k"), &bytes[..bytes.len() - 1]).is_err());
         assert!(decode_record(b"zzz", &bytes).is_err());

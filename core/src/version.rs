@@ -5,7 +5,6 @@
 //! protocol range overlaps its own; the handshake picks the highest common
 //! protocol.
 
-use alloc::format;
 use alloc::string::String;
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +130,7 @@ pub fn negotiate(
         Err(HandshakeError {
             local_release: local_release.into(),
             local,
-            peer_release: format!("{peer_release}"),
+            peer_release: peer_release.into(),
             peer,
         })
     }

@@ -1,42 +1,604 @@
-//! The node state machine (stub; being implemented).
+//! The node state machine.
+//!
+//! One [`Node`] is one cluster member. Methods are sorted as in quinn-proto:
+//! getters, `handle_*` for inputs, commands, and [`Node::poll_output`].
+//! The pieces live in submodules:
+//! - [`coordinator`]: client requests, quorum reads and writes, forwarding.
+//! - [`replica`]: serving reads and writes for coordinators, read repair.
+//! - [`hints`]: durable hinted handoff.
+//! - [`anti_entropy`]: Merkle exchanges and tombstone reaping.
+//! - [`peers`]: handshake, gossip and failure detection.
+//! - [`durability`]: group commit and work held until durable.
+//! - [`store`]: in-memory key states and Merkle trees.
+//! - [`recovery`]: start-up, epochs and clean shutdown.
 
-use alloc::collections::VecDeque;
+mod anti_entropy;
+mod coordinator;
+mod durability;
+mod hints;
+mod peers;
+mod recovery;
+mod replica;
+mod store;
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
 use bytes::Bytes;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
-use crate::api::{ClientError, Input, Output, Response};
+use crate::api::{ClientError, Event, Input, IoResult, Output, Response};
 use crate::config::NodeConfig;
 use crate::dvv::KeyState;
 use crate::ring::Ring;
-use crate::types::{NodeId, Time};
+use crate::storage;
+use crate::types::{Duration, IoId, NodeId, Time};
+use crate::version::Release;
+use crate::wire::{self, Decoded, Message};
+
+use coordinator::Op;
+use durability::{Deferred, Durability};
+use peers::Peer;
+use store::Store;
+
+pub use crate::wire::Health;
+
+/// Where a node is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for storage to be read.
+    Loading,
+    /// Storage read; waiting for the new metadata to be durable.
+    Recovering,
+    Serving,
+    /// A clean shutdown is persisting its metadata.
+    Draining,
+    /// Clean shutdown complete; the node does nothing more.
+    Stopped,
+    /// A fatal storage error; the node does nothing more and must restart.
+    Halted,
+}
+
+/// Counters, for metrics and for the simulator's summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub client_requests: u64,
+    pub client_errors: u64,
+    pub gets: u64,
+    pub puts: u64,
+    pub forwarded: u64,
+    pub quorum_timeouts: u64,
+    pub undecodable: u64,
+    pub unknown_messages: u64,
+    pub dropped_before_handshake: u64,
+    pub peer_queue_drops: u64,
+    pub corrupt_records: u64,
+    pub hints_stored: u64,
+    pub hints_delivered: u64,
+    pub hints_dropped: u64,
+    pub read_repairs: u64,
+    pub anti_entropy_rounds: u64,
+    pub anti_entropy_keys: u64,
+    pub tombstones_reaped: u64,
+    pub writes: u64,
+    pub syncs: u64,
+}
+
+/// Periodic work and when it next runs.
+#[derive(Clone, Copy, Debug)]
+struct Timers {
+    gossip: Time,
+    anti_entropy: Time,
+    hints: Time,
+    reap: Time,
+    handshake: Time,
+}
 
 pub struct Node {
-    config: NodeConfig,
+    cfg: NodeConfig,
+    release: &'static Release,
     ring: Ring,
-    out: VecDeque<Output>,
+    rng: ChaCha8Rng,
     now: Time,
+    phase: Phase,
+    halt_reason: Option<String>,
+    epoch: u32,
+    next_counter: u64,
+    next_io: u64,
+    next_req: u64,
+    load_io: Option<IoId>,
+    store: Store,
+    durability: Durability,
+    ops: BTreeMap<u64, Op>,
+    /// Next deadline of each op that has one.
+    deadlines: BTreeSet<(Time, u64)>,
+    hints: BTreeMap<(NodeId, Bytes), KeyState>,
+    peers: BTreeMap<NodeId, Peer>,
+    heartbeat: u64,
+    /// The next partition anti-entropy looks at.
+    ae_cursor: usize,
+    timers: Timers,
+    /// Why the last `Timeout` was chosen, for traces.
+    timeout_reason: &'static str,
+    out: VecDeque<Output>,
+    metrics: Metrics,
 }
 
 impl Node {
-    pub fn new(config: NodeConfig, now: Time) -> Node {
-        let ring = Ring::new(&config.members, config.partitions, config.vnodes, config.quorum.n);
-        Node { config, ring, out: VecDeque::new(), now }
+    /// Creates a node and asks its driver to read storage.
+    pub fn new(cfg: NodeConfig, now: Time) -> Node {
+        let release = cfg.release.release();
+        let ring = Ring::new(&cfg.members, cfg.partitions, cfg.vnodes, cfg.quorum.n);
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let store = Store::new(cfg.partitions);
+        let peers = cfg
+            .members
+            .iter()
+            .filter(|&&m| m != cfg.id)
+            .map(|&m| (m, Peer::new(m)))
+            .collect();
+        let mut node = Node {
+            release,
+            ring,
+            rng,
+            now,
+            phase: Phase::Loading,
+            halt_reason: None,
+            epoch: 0,
+            next_counter: 1,
+            next_io: 1,
+            next_req: 1,
+            load_io: None,
+            store,
+            durability: Durability::default(),
+            ops: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            hints: BTreeMap::new(),
+            peers,
+            heartbeat: 0,
+            ae_cursor: 0,
+            timers: Timers {
+                gossip: now,
+                anti_entropy: now,
+                hints: now,
+                reap: now,
+                handshake: now,
+            },
+            timeout_reason: "start",
+            out: VecDeque::new(),
+            metrics: Metrics::default(),
+            cfg,
+        };
+        node.start_loading();
+        node
     }
-    pub fn id(&self) -> NodeId { self.config.id }
-    pub fn epoch(&self) -> u32 { 0 }
-    pub fn is_serving(&self) -> bool { false }
-    pub fn is_halted(&self) -> bool { false }
-    pub fn ring(&self) -> &Ring { &self.ring }
-    pub fn key_state(&self, _key: &[u8]) -> Option<&KeyState> { None }
-    pub fn keys(&self) -> impl Iterator<Item = (&Bytes, &KeyState)> { core::iter::empty() }
-    pub fn merkle_root(&self, _partition: u16) -> u64 { 0 }
-    pub fn hint_count(&self) -> usize { 0 }
-    pub fn handle_input(&mut self, input: Input) {
-        if let Input::Client { id, now, .. } = input {
-            self.now = now;
-            self.out.push_back(Output::Reply { id, response: Response::Error(ClientError::Unavailable("stub".into())) });
+
+    // ---- getters -------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+    pub fn release(&self) -> &'static Release {
+        self.release
+    }
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+    pub fn is_serving(&self) -> bool {
+        self.phase == Phase::Serving
+    }
+    pub fn is_halted(&self) -> bool {
+        self.phase == Phase::Halted
+    }
+    pub fn halt_reason(&self) -> Option<&str> {
+        self.halt_reason.as_deref()
+    }
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub fn key_state(&self, key: &[u8]) -> Option<&KeyState> {
+        self.store.get(key)
+    }
+    pub fn keys(&self) -> impl Iterator<Item = (&Bytes, &KeyState)> {
+        self.store.keys.iter().map(|(k, e)| (k, &e.state))
+    }
+    pub fn merkle_root(&self, partition: u16) -> u64 {
+        self.store
+            .trees
+            .get(partition as usize)
+            .map_or(0, |t| t.root())
+    }
+    pub fn hint_count(&self) -> usize {
+        self.hints.len()
+    }
+    /// Requests and internal operations in flight.
+    pub fn pending_ops(&self) -> usize {
+        self.ops.len()
+    }
+    /// Why the last `Timeout` output was chosen.
+    pub fn timeout_reason(&self) -> &'static str {
+        self.timeout_reason
+    }
+    pub fn health(&self) -> Health {
+        match self.phase {
+            Phase::Loading | Phase::Recovering => Health::Starting,
+            Phase::Serving => Health::Serving,
+            Phase::Draining | Phase::Stopped => Health::Draining,
+            Phase::Halted => Health::Halted,
         }
     }
+
+    // ---- inputs ----------------------------------------------------------
+
+    /// Feeds one input. Drain [`Node::poll_output`] afterwards.
+    pub fn handle_input(&mut self, input: Input) {
+        if matches!(self.phase, Phase::Halted | Phase::Stopped) {
+            return;
+        }
+        match input {
+            Input::Message { now, from, bytes } => {
+                self.advance(now);
+                self.handle_message(from, &bytes);
+            }
+            Input::Client { now, id, request } => {
+                self.advance(now);
+                self.handle_client(id, request);
+            }
+            Input::IoDone { now, io, result } => {
+                self.advance(now);
+                self.handle_io(io, result);
+            }
+            Input::Timeout(now) => {
+                self.advance(now);
+                self.handle_timeout();
+            }
+            Input::Shutdown { now } => {
+                self.advance(now);
+                self.begin_shutdown();
+            }
+        }
+        self.flush();
+    }
+
+    fn advance(&mut self, now: Time) {
+        // Time never runs backwards, whatever the driver's clock does.
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn handle_message(&mut self, from: NodeId, bytes: &Bytes) {
+        if from == self.cfg.id || !self.peers.contains_key(&from) {
+            self.metrics.undecodable += 1;
+            self.emit(Event::Undecodable {
+                from,
+                reason: alloc::format!("message from {from}, which is not a peer"),
+            });
+            return;
+        }
+        let header = match wire::open(bytes, self.cfg.limits.max_message_len) {
+            Ok((h, _)) => h,
+            Err(e) => return self.undecodable(from, e),
+        };
+        let handshake = wire::is_handshake_type(header.msg_type);
+        if !handshake && (self.phase != Phase::Serving || !self.peer_ready(from)) {
+            // A peer we have no agreed protocol with (it restarted, or we did):
+            // drop rather than guess, and say hello.
+            self.metrics.dropped_before_handshake += 1;
+            if self.phase == Phase::Serving {
+                self.maybe_hello(from);
+            }
+            return;
+        }
+        match wire::decode(
+            bytes,
+            self.release.protocols,
+            self.cfg.limits.max_message_len,
+        ) {
+            Err(e) => self.undecodable(from, e),
+            Ok(Decoded::Unknown { msg_type, .. }) => {
+                self.metrics.unknown_messages += 1;
+                self.emit(Event::UnknownMessage { from, msg_type });
+            }
+            Ok(Decoded::Known { message, .. }) => {
+                self.note_alive(from);
+                self.dispatch(from, message);
+            }
+        }
+    }
+
+    fn undecodable(&mut self, from: NodeId, e: crate::Error) {
+        self.metrics.undecodable += 1;
+        self.emit(Event::Undecodable {
+            from,
+            reason: alloc::format!("{e}"),
+        });
+    }
+
+    fn dispatch(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::Hello(m) => self.handle_hello(from, m),
+            Message::HelloAck(m) => self.handle_hello_ack(from, m),
+            Message::Refuse(m) => self.handle_refuse(from, m),
+            Message::Gossip(m) => self.handle_gossip(from, m),
+            Message::ReplicaGet(m) => self.handle_replica_get(from, m),
+            Message::ReplicaGetReply(m) => self.handle_replica_get_reply(from, m),
+            Message::ReplicaPut(m) => self.handle_replica_put(from, m),
+            Message::ReplicaPutAck(m) => self.handle_replica_put_ack(from, m),
+            Message::ReadRepair(m) => self.handle_read_repair(from, m),
+            Message::Forward(m) => self.handle_forward(from, m),
+            Message::ForwardReply(m) => self.handle_forward_reply(from, m),
+            Message::AeBuckets(m) => self.handle_ae_buckets(from, m),
+            Message::AeKeys(m) => self.handle_ae_keys(from, m),
+            Message::AeSync(m) => self.handle_ae_sync(from, m),
+            Message::ReapQuery(m) => self.handle_reap_query(from, m),
+            Message::ReapVote(m) => self.handle_reap_vote(from, m),
+            Message::ReapCommit(m) => self.handle_reap_commit(from, m),
+            Message::HintBatch(m) => self.handle_hint_batch(from, m),
+            Message::HintBatchAck(m) => self.handle_hint_batch_ack(from, m),
+        }
+    }
+
+    fn handle_io(&mut self, io: IoId, result: IoResult) {
+        match result {
+            IoResult::Failed(reason) => {
+                // A failed sync leaves durability unknown: stop, and let the
+                // restart (which bumps the epoch) sort it out.
+                self.halt(alloc::format!(
+                    "storage operation {} failed: {reason}",
+                    io.0
+                ));
+            }
+            IoResult::Loaded(records) => {
+                if self.load_io == Some(io) {
+                    self.load_io = None;
+                    self.recover(records);
+                }
+            }
+            IoResult::Synced => {
+                self.metrics.syncs += 1;
+                for d in self.durability.synced(io) {
+                    self.run_deferred(d);
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self) {
+        let now = self.now;
+        // Op deadlines first: they answer clients.
+        while let Some(&(at, op)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.op_deadline(op);
+        }
+        if self.phase != Phase::Serving {
+            return;
+        }
+        if now >= self.timers.handshake {
+            self.timers.handshake = now + self.cfg.timing.handshake_retry;
+            self.retry_handshakes();
+        }
+        if now >= self.timers.gossip {
+            let d = self.jitter(self.cfg.timing.gossip_interval);
+            self.timers.gossip = now + d;
+            self.gossip_round();
+        }
+        if now >= self.timers.hints {
+            self.timers.hints = now + self.cfg.timing.hint_retry;
+            self.deliver_hints();
+        }
+        if now >= self.timers.anti_entropy {
+            let d = self.jitter(self.cfg.timing.anti_entropy_interval);
+            self.timers.anti_entropy = now + d;
+            self.anti_entropy_round();
+        }
+        if now >= self.timers.reap {
+            self.timers.reap = now + self.cfg.timing.reap_interval;
+            self.reap_round();
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------
+
+    /// The next output. [`Output::Timeout`] is always last and means the node
+    /// has nothing more to do until that time or the next input.
     pub fn poll_output(&mut self) -> Output {
-        self.out.pop_front().unwrap_or(Output::Timeout(self.now + crate::types::Duration::from_secs(1)))
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        Output::Timeout(self.next_deadline())
+    }
+
+    fn next_deadline(&mut self) -> Time {
+        let mut at = Time::MAX;
+        let mut why = "idle";
+        if let Some(&(t, _)) = self.deadlines.first() {
+            at = t;
+            why = "request deadline";
+        }
+        if self.phase == Phase::Serving {
+            for (t, w) in [
+                (self.timers.handshake, "handshake retry"),
+                (self.timers.gossip, "gossip"),
+                (self.timers.hints, "hint delivery"),
+                (self.timers.anti_entropy, "anti-entropy"),
+                (self.timers.reap, "tombstone reaping"),
+            ] {
+                if t < at {
+                    at = t;
+                    why = w;
+                }
+            }
+        }
+        self.timeout_reason = why;
+        at.max(self.now)
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.push(Output::Event(e));
+    }
+
+    fn push(&mut self, o: Output) {
+        debug_assert!(
+            self.out.len() < self.cfg.limits.max_outputs,
+            "output queue not drained"
+        );
+        self.out.push_back(o);
+    }
+
+    fn reply(&mut self, id: crate::types::RequestId, response: Response) {
+        if matches!(response, Response::Error(_)) {
+            self.metrics.client_errors += 1;
+        }
+        self.push(Output::Reply { id, response });
+    }
+
+    // ---- storage -------------------------------------------------------
+
+    fn io_id(&mut self) -> IoId {
+        let id = IoId(self.next_io);
+        self.next_io += 1;
+        id
+    }
+
+    fn write_record(&mut self, key: Bytes, value: Option<Bytes>) {
+        let io = self.io_id();
+        self.durability.written += 1;
+        self.metrics.writes += 1;
+        self.push(Output::Write { io, key, value });
+    }
+
+    /// Stores a key's new state in memory and writes it out.
+    fn put_local(&mut self, key: &Bytes, state: Option<KeyState>) {
+        let bytes = state
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(storage::encode_state);
+        self.store.set(&self.ring, key, state, self.now);
+        self.write_record(storage::data_key(key), bytes);
+    }
+
+    /// Merges a state received from a peer into the local copy, persisting it
+    /// if it changed. Returns true when it changed.
+    fn merge_local(&mut self, key: &Bytes, incoming: &KeyState) -> bool {
+        if !incoming.is_well_formed() {
+            self.metrics.undecodable += 1;
+            return false;
+        }
+        let mut state = self.store.get(key).cloned().unwrap_or_default();
+        if state.merge(incoming) {
+            self.put_local(key, Some(state));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Runs `d` once every write issued so far is durable.
+    fn after_durable(&mut self, d: Deferred) {
+        if let Some(d) = self.durability.park(d) {
+            self.run_deferred(d);
+        }
+    }
+
+    fn run_deferred(&mut self, d: Deferred) {
+        match d {
+            Deferred::AckReplicaPut { to, req, key } => {
+                self.send(to, Message::ReplicaPutAck(wire::ReplicaPutAck { req, key }));
+            }
+            Deferred::AckHintBatch { to, batch, keys } => {
+                self.send(
+                    to,
+                    Message::HintBatchAck(wire::HintBatchAck { batch, keys }),
+                );
+            }
+            Deferred::LocalPut { op } => self.local_put_durable(op),
+            Deferred::Serve => self.start_serving(),
+            Deferred::ShutdownDone => {
+                self.phase = Phase::Stopped;
+                self.emit(Event::ShutdownComplete);
+            }
+        }
+    }
+
+    /// Issues a sync when writes are waiting and none is in flight: one sync
+    /// covers every write of the batch (group commit).
+    fn flush(&mut self) {
+        if self.durability.needs_sync() && !matches!(self.phase, Phase::Halted) {
+            let io = self.io_id();
+            self.durability.in_flight = Some((io, self.durability.written));
+            self.push(Output::Sync { io });
+        }
+    }
+
+    fn halt(&mut self, reason: String) {
+        if self.phase == Phase::Halted {
+            return;
+        }
+        self.phase = Phase::Halted;
+        self.halt_reason = Some(reason.clone());
+        self.durability = Durability::default();
+        self.ops.clear();
+        self.deadlines.clear();
+        self.emit(Event::Halted { reason });
+    }
+
+    // ---- helpers -------------------------------------------------------
+
+    fn fresh_req(&mut self) -> u64 {
+        let r = self.next_req;
+        self.next_req += 1;
+        r
+    }
+
+    fn set_deadline(&mut self, op: u64, at: Time) {
+        self.deadlines.insert((at, op));
+    }
+
+    /// `d` scaled by a random factor in [0.75, 1.25).
+    fn jitter(&mut self, d: Duration) -> Duration {
+        let f = 750 + (self.rng.next_u32() % 500) as u64;
+        Duration(d.0 * f / 1000)
+    }
+
+    fn random_index(&mut self, len: usize) -> usize {
+        debug_assert!(len > 0);
+        (self.rng.next_u64() % len as u64) as usize
+    }
+
+    /// The planted bugs switched on (always none without the feature).
+    fn bugs(&self) -> crate::config::PlantedBugs {
+        #[cfg(feature = "planted-bugs")]
+        return self.cfg.bugs;
+        #[cfg(not(feature = "planted-bugs"))]
+        crate::config::PlantedBugs::default()
+    }
+
+    fn unavailable_reason(&self) -> String {
+        match self.phase {
+            Phase::Loading | Phase::Recovering => "starting up".into(),
+            Phase::Draining | Phase::Stopped => "shutting down".into(),
+            Phase::Halted => alloc::format!(
+                "halted: {}",
+                self.halt_reason.as_deref().unwrap_or("storage failure")
+            ),
+            Phase::Serving => "serving".into(),
+        }
+    }
+
+    fn fail_client(&mut self, client: coordinator::Client, err: ClientError) {
+        self.answer(client, Response::Error(err));
     }
 }

@@ -47,13 +47,17 @@ pub fn seal(protocol: u16, msg_type: u16, body: &[u8]) -> Bytes {
 /// Parses and checks an envelope, returning its header and body.
 pub fn open(bytes: &[u8], max_len: usize) -> Result<(Header, &[u8]), Error> {
     if bytes.len() < HEADER_LEN {
-        return Err(Error::Envelope(format!("{} bytes is shorter than a header", bytes.len())));
+        return Err(Error::Envelope(format!(
+            "{} bytes is shorter than a header",
+            bytes.len()
+        )));
     }
     if bytes[..4] != MAGIC {
         return Err(Error::Envelope(format!("bad magic {:02x?}", &bytes[..4])));
     }
     let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-    let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let h = Header {
         protocol: u16_at(4),
         msg_type: u16_at(6),
@@ -61,11 +65,18 @@ pub fn open(bytes: &[u8], max_len: usize) -> Result<(Header, &[u8]), Error> {
         crc: u32_at(12),
     };
     if h.len as usize > max_len {
-        return Err(Error::Envelope(format!("body of {} bytes exceeds the limit of {max_len}", h.len)));
+        return Err(Error::Envelope(format!(
+            "body of {} bytes exceeds the limit of {max_len}",
+            h.len
+        )));
     }
     let body = &bytes[HEADER_LEN..];
     if body.len() != h.len as usize {
-        return Err(Error::Envelope(format!("length field says {} but {} bytes follow", h.len, body.len())));
+        return Err(Error::Envelope(format!(
+            "length field says {} but {} bytes follow",
+            h.len,
+            body.len()
+        )));
     }
     if crc32c::crc32c(body) != h.crc {
         return Err(Error::Envelope("checksum mismatch".into()));
@@ -76,9 +87,15 @@ pub fn open(bytes: &[u8], max_len: usize) -> Result<(Header, &[u8]), Error> {
 /// Result of decoding a whole envelope.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
-    Known { protocol: u16, message: Message },
+    Known {
+        protocol: u16,
+        message: Message,
+    },
     /// A well-formed envelope with a type this release does not know.
-    Unknown { protocol: u16, msg_type: u16 },
+    Unknown {
+        protocol: u16,
+        msg_type: u16,
+    },
 }
 
 /// Encodes a message at a protocol version.
@@ -160,11 +177,17 @@ mod tests {
             if (4..8).contains(&i) {
                 assert!(!matches!(
                     decode(&b, ProtocolRange::new(1, 2), 1 << 20),
-                    Ok(Decoded::Known { message: Message::Hello(_), protocol: 1 })
+                    Ok(Decoded::Known {
+                        message: Message::Hello(_),
+                        protocol: 1
+                    })
                 ));
                 continue;
             }
-            assert!(decode(&b, ProtocolRange::new(1, 2), 1 << 20).is_err(), "flip at {i}");
+            assert!(
+                decode(&b, ProtocolRange::new(1, 2), 1 << 20).is_err(),
+                "flip at {i}"
+            );
         }
     }
 

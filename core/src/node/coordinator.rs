@@ -1,0 +1,549 @@
+//! Coordinating client requests.
+//!
+//! Reads are coordinated by whichever node receives them: the state is asked
+//! of all N replicas, the client is answered once R have replied (merged, so
+//! concurrent siblings survive), and replies arriving within the read-repair
+//! window are used to repair stale replicas. Writes are coordinated by a
+//! replica of the key, because only a replica knows the key's history well
+//! enough to issue a fresh dot: a node that is not a replica forwards the
+//! write. The coordinator applies the write locally, ships the new state to
+//! the other replicas and answers once W copies (its own included) are
+//! durable; replicas that do not acknowledge in time get a durable hint.
+
+use alloc::format;
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use crate::api::{ClientError, Context, Event, Request, Response};
+use crate::dvv::{Actor, Dot, KeyState};
+use crate::types::{NodeId, RequestId, Time};
+use crate::wire::{self, Message};
+
+use super::durability::Deferred;
+use super::{Node, Phase};
+
+/// Who waits for a request's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Client {
+    Local(RequestId),
+    /// Forwarded by a peer, which answers its own client.
+    Remote {
+        from: NodeId,
+        fwd: u64,
+    },
+}
+
+pub(crate) struct GetOp {
+    client: Client,
+    key: Bytes,
+    replicas: Vec<NodeId>,
+    replies: Vec<(NodeId, u64)>,
+    merged: KeyState,
+    answered: bool,
+    started: Time,
+}
+
+pub(crate) struct PutOp {
+    client: Client,
+    key: Bytes,
+    state: KeyState,
+    replicas: Vec<NodeId>,
+    acked: Vec<NodeId>,
+    hinted: Vec<NodeId>,
+    answered: bool,
+    started: Time,
+}
+
+pub(crate) struct ForwardOp {
+    client: RequestId,
+}
+
+pub(crate) struct HintOp {
+    pub target: NodeId,
+    /// (key, digest of the hint as sent).
+    pub items: Vec<(Bytes, u64)>,
+}
+
+pub(crate) enum Op {
+    Get(GetOp),
+    Put(PutOp),
+    Forward(ForwardOp),
+    Hint(HintOp),
+    Reap(super::anti_entropy::ReapOp),
+}
+
+impl Node {
+    pub(super) fn handle_client(&mut self, id: RequestId, request: Request) {
+        self.metrics.client_requests += 1;
+        self.start_request(Client::Local(id), id, request);
+    }
+
+    pub(super) fn handle_forward(&mut self, from: NodeId, m: wire::Forward) {
+        self.start_request(Client::Remote { from, fwd: m.fwd }, m.origin, m.request);
+    }
+
+    pub(super) fn handle_forward_reply(&mut self, _from: NodeId, m: wire::ForwardReply) {
+        if let Some(Op::Forward(f)) = self.ops.remove(&m.fwd) {
+            self.reply(f.client, m.response);
+        }
+    }
+
+    fn start_request(&mut self, client: Client, origin: RequestId, request: Request) {
+        if self.phase != Phase::Serving {
+            let why = self.unavailable_reason();
+            return self.fail_client(client, ClientError::Unavailable(why));
+        }
+        if let Err(why) = self.validate(&request) {
+            return self.fail_client(client, ClientError::Invalid(why));
+        }
+        if self.ops.len() >= self.cfg.limits.max_inflight {
+            return self.fail_client(client, ClientError::Overloaded);
+        }
+        let partition = self.ring.partition_of(request.key());
+        let is_replica = self.ring.is_replica(self.cfg.id, partition);
+        match request {
+            Request::Get { key } => {
+                self.metrics.gets += 1;
+                self.start_get(client, key);
+            }
+            Request::Put {
+                key,
+                value,
+                context,
+            } => {
+                if is_replica {
+                    self.metrics.puts += 1;
+                    self.start_put(client, origin, key, Some(value), context);
+                } else {
+                    self.forward(
+                        client,
+                        origin,
+                        Request::Put {
+                            key,
+                            value,
+                            context,
+                        },
+                    );
+                }
+            }
+            Request::Delete { key, context } => {
+                if is_replica {
+                    self.metrics.puts += 1;
+                    self.start_put(client, origin, key, None, context);
+                } else {
+                    self.forward(client, origin, Request::Delete { key, context });
+                }
+            }
+        }
+    }
+
+    fn validate(&self, request: &Request) -> Result<(), alloc::string::String> {
+        let limits = &self.cfg.limits;
+        let key = request.key();
+        if key.is_empty() {
+            return Err("empty key".into());
+        }
+        if key.len() > limits.max_key_len {
+            return Err(format!(
+                "key of {} bytes exceeds {}",
+                key.len(),
+                limits.max_key_len
+            ));
+        }
+        match request {
+            Request::Put { value, context, .. } => {
+                if value.len() > limits.max_value_len {
+                    return Err(format!(
+                        "value of {} bytes exceeds {}",
+                        value.len(),
+                        limits.max_value_len
+                    ));
+                }
+                self.validate_context(context)
+            }
+            Request::Delete { context, .. } => self.validate_context(context),
+            Request::Get { .. } => Ok(()),
+        }
+    }
+
+    fn validate_context(&self, ctx: &Context) -> Result<(), alloc::string::String> {
+        if !ctx.is_well_formed() {
+            return Err("malformed context".into());
+        }
+        let me = Actor {
+            node: self.cfg.id,
+            epoch: self.epoch,
+        };
+        // Only this node issues dots of its current epoch: a context that
+        // claims more was not produced by this cluster.
+        if ctx.get(me) >= self.next_counter {
+            return Err("context names a version this node never issued".into());
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, client: Client, origin: RequestId, request: Request) {
+        let Client::Local(id) = client else {
+            // A forwarded request landed on a non-replica: the rings disagree.
+            return self.fail_client(
+                client,
+                ClientError::Unavailable("not a replica of this key".into()),
+            );
+        };
+        let replicas: Vec<NodeId> = self.ring.replicas_of(request.key()).to_vec();
+        let target = replicas
+            .iter()
+            .copied()
+            .find(|&r| self.peer_usable(r))
+            .or_else(|| replicas.iter().copied().find(|&r| self.peer_ready(r)));
+        let Some(target) = target else {
+            return self.fail_client(
+                client,
+                ClientError::Unavailable("no replica of this key is reachable".into()),
+            );
+        };
+        self.metrics.forwarded += 1;
+        let fwd = self.fresh_req();
+        self.ops.insert(fwd, Op::Forward(ForwardOp { client: id }));
+        let t = self.cfg.timing;
+        let at = self.now + crate::types::Duration(t.request_timeout.0 + t.request_timeout.0 / 4);
+        self.set_deadline(fwd, at);
+        self.send(
+            target,
+            Message::Forward(wire::Forward {
+                fwd,
+                origin,
+                request,
+            }),
+        );
+    }
+
+    fn start_get(&mut self, client: Client, key: Bytes) {
+        let replicas: Vec<NodeId> = self.ring.replicas_of(&key).to_vec();
+        let req = self.fresh_req();
+        let op = GetOp {
+            client,
+            key: key.clone(),
+            replicas: replicas.clone(),
+            replies: Vec::with_capacity(replicas.len()),
+            merged: KeyState::new(),
+            answered: false,
+            started: self.now,
+        };
+        self.ops.insert(req, Op::Get(op));
+        self.set_deadline(req, self.now + self.cfg.timing.request_timeout);
+        for r in replicas {
+            if r == self.cfg.id {
+                let state = self.store.get(&key).cloned().unwrap_or_default();
+                self.get_reply(req, r, state);
+            } else {
+                self.send(
+                    r,
+                    Message::ReplicaGet(wire::ReplicaGet {
+                        req,
+                        key: key.clone(),
+                    }),
+                );
+            }
+        }
+    }
+
+    pub(super) fn handle_replica_get_reply(&mut self, from: NodeId, m: wire::ReplicaGetReply) {
+        if !m.state.is_well_formed() {
+            self.metrics.undecodable += 1;
+            return;
+        }
+        self.get_reply(m.req, from, m.state);
+    }
+
+    fn get_reply(&mut self, req: u64, from: NodeId, state: KeyState) {
+        let r = self.cfg.quorum.r as usize;
+        let Some(Op::Get(op)) = self.ops.get_mut(&req) else {
+            return;
+        };
+        if !op.replicas.contains(&from) || op.replies.iter().any(|(n, _)| *n == from) {
+            return;
+        }
+        op.replies.push((from, state.digest()));
+        op.merged.merge(&state);
+        let all = op.replies.len() == op.replicas.len();
+        if !op.answered && op.replies.len() >= r {
+            op.answered = true;
+            let response = Response::Read {
+                siblings: op.merged.siblings().to_vec(),
+                context: op.merged.context().clone(),
+            };
+            let client = op.client;
+            let window_end = op.started.max(self.now) + self.cfg.timing.read_repair_window;
+            self.answer(client, response);
+            if !all {
+                // Keep listening a little longer, for read repair.
+                self.deadlines.retain(|&(_, o)| o != req);
+                self.set_deadline(req, window_end);
+            }
+        }
+        if all {
+            self.finish_get(req);
+        }
+    }
+
+    /// A read is over: repair every replica that answered with a stale state.
+    fn finish_get(&mut self, req: u64) {
+        let Some(Op::Get(op)) = self.ops.remove(&req) else {
+            return;
+        };
+        self.deadlines.retain(|&(_, o)| o != req);
+        if !op.answered {
+            let err = ClientError::Timeout {
+                acks: op.replies.len() as u8,
+                needed: self.cfg.quorum.r,
+            };
+            self.metrics.quorum_timeouts += 1;
+            self.fail_client(op.client, err);
+            return;
+        }
+        if op.merged.is_empty() {
+            return;
+        }
+        let merged_digest = op.merged.digest();
+        for &(node, digest) in &op.replies {
+            if digest == merged_digest {
+                continue;
+            }
+            self.metrics.read_repairs += 1;
+            self.emit(Event::ReadRepair {
+                key: op.key.clone(),
+                target: node,
+            });
+            if node == self.cfg.id {
+                self.repair_local(&op.key, &op.merged);
+            } else {
+                self.send(
+                    node,
+                    Message::ReadRepair(wire::ReadRepair {
+                        key: op.key.clone(),
+                        state: op.merged.clone(),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn start_put(
+        &mut self,
+        client: Client,
+        origin: RequestId,
+        key: Bytes,
+        value: Option<Bytes>,
+        context: Context,
+    ) {
+        let mut state = self.store.get(&key).cloned().unwrap_or_default();
+        let surviving = state
+            .siblings()
+            .iter()
+            .filter(|s| !context.covers(s.dot))
+            .count();
+        if surviving + 1 > self.cfg.limits.max_siblings {
+            return self.fail_client(
+                client,
+                ClientError::Invalid(format!(
+                    "key has {surviving} concurrent versions (limit {}): read it and write with its context to resolve them",
+                    self.cfg.limits.max_siblings
+                )),
+            );
+        }
+        let dot = Dot {
+            actor: Actor {
+                node: self.cfg.id,
+                epoch: self.epoch,
+            },
+            counter: self.next_counter,
+        };
+        self.next_counter += 1;
+        let tombstone = value.is_none();
+        state.apply_write(&context, dot, value);
+        debug_assert!(state.is_well_formed());
+        self.emit(Event::WriteIssued {
+            request: origin,
+            key: key.clone(),
+            dot,
+            tombstone,
+        });
+        self.put_local(&key, Some(state.clone()));
+        let replicas: Vec<NodeId> = self.ring.replicas_of(&key).to_vec();
+        let req = self.fresh_req();
+        for &r in &replicas {
+            if r != self.cfg.id {
+                self.send(
+                    r,
+                    Message::ReplicaPut(wire::ReplicaPut {
+                        req,
+                        key: key.clone(),
+                        state: state.clone(),
+                    }),
+                );
+            }
+        }
+        let op = PutOp {
+            client,
+            key,
+            state,
+            replicas,
+            acked: Vec::new(),
+            hinted: Vec::new(),
+            answered: false,
+            started: self.now,
+        };
+        self.ops.insert(req, Op::Put(op));
+        self.set_deadline(req, self.now + self.cfg.timing.hint_after);
+        if self.bugs().ack_before_durable {
+            self.local_put_durable(req);
+        } else {
+            self.after_durable(Deferred::LocalPut { op: req });
+        }
+    }
+
+    pub(super) fn local_put_durable(&mut self, op: u64) {
+        let me = self.cfg.id;
+        self.put_acked(op, me);
+    }
+
+    pub(super) fn handle_replica_put_ack(&mut self, from: NodeId, m: wire::ReplicaPutAck) {
+        match self.ops.get(&m.req) {
+            Some(Op::Put(_)) => self.put_acked(m.req, from),
+            Some(Op::Hint(_)) => self.hint_acked(m.req, from, &[m.key]),
+            _ => {}
+        }
+    }
+
+    fn put_acked(&mut self, req: u64, from: NodeId) {
+        let w = self.cfg.quorum.w as usize;
+        let Some(Op::Put(op)) = self.ops.get_mut(&req) else {
+            return;
+        };
+        if !op.replicas.contains(&from) || op.acked.contains(&from) {
+            return;
+        }
+        op.acked.push(from);
+        let mut answer = None;
+        if !op.answered && op.acked.len() >= w {
+            op.answered = true;
+            answer = Some(op.client);
+        }
+        let done = op.answered
+            && op
+                .replicas
+                .iter()
+                .all(|r| op.acked.contains(r) || op.hinted.contains(r));
+        if let Some(client) = answer {
+            self.answer(client, Response::Written);
+        }
+        if done {
+            self.ops.remove(&req);
+            self.deadlines.retain(|&(_, o)| o != req);
+        }
+    }
+
+    /// An op's deadline passed.
+    pub(super) fn op_deadline(&mut self, req: u64) {
+        match self.ops.get(&req) {
+            Some(Op::Get(_)) => self.finish_get(req),
+            Some(Op::Put(_)) => self.put_deadline(req),
+            Some(Op::Forward(_)) => {
+                if let Some(Op::Forward(f)) = self.ops.remove(&req) {
+                    self.metrics.quorum_timeouts += 1;
+                    self.reply(
+                        f.client,
+                        Response::Error(ClientError::Timeout {
+                            acks: 0,
+                            needed: self.cfg.quorum.w,
+                        }),
+                    );
+                }
+            }
+            Some(Op::Hint(_)) => {
+                // Unacknowledged delivery: the hint stays and is retried.
+                self.ops.remove(&req);
+            }
+            Some(Op::Reap(_)) => {
+                self.ops.remove(&req);
+            }
+            None => {}
+        }
+    }
+
+    /// Hint replicas that have not acknowledged; fail the client when the
+    /// request timeout passes without a quorum.
+    fn put_deadline(&mut self, req: u64) {
+        let me = self.cfg.id;
+        let now = self.now;
+        let t = self.cfg.timing;
+        let Some(Op::Put(op)) = self.ops.get_mut(&req) else {
+            return;
+        };
+        let missing: Vec<NodeId> = op
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| *r != me && !op.acked.contains(r) && !op.hinted.contains(r))
+            .collect();
+        op.hinted.extend_from_slice(&missing);
+        let key = op.key.clone();
+        let state = op.state.clone();
+        let timed_out = !op.answered && now >= op.started + t.request_timeout;
+        let next = if op.answered {
+            None
+        } else {
+            Some(op.started + t.request_timeout)
+        };
+        let (client, acks) = (op.client, op.acked.len() as u8);
+        for target in missing {
+            self.store_hint(target, &key, &state);
+        }
+        if timed_out {
+            self.ops.remove(&req);
+            self.metrics.quorum_timeouts += 1;
+            let needed = self.cfg.quorum.w;
+            self.fail_client(client, ClientError::Timeout { acks, needed });
+            return;
+        }
+        match next {
+            Some(at) if at > now => self.set_deadline(req, at),
+            Some(_) => self.set_deadline(req, now),
+            None => {
+                // Answered and every replica acknowledged or hinted.
+                self.ops.remove(&req);
+            }
+        }
+    }
+
+    /// Answers whoever waits for a request.
+    pub(super) fn answer(&mut self, client: Client, response: Response) {
+        match client {
+            Client::Local(id) => self.reply(id, response),
+            Client::Remote { from, fwd } => {
+                self.send(
+                    from,
+                    Message::ForwardReply(wire::ForwardReply { fwd, response }),
+                );
+            }
+        }
+    }
+
+    /// Fails every request in flight (clean shutdown).
+    pub(super) fn fail_all_ops(&mut self) {
+        let ops = core::mem::take(&mut self.ops);
+        self.deadlines.clear();
+        for (_, op) in ops {
+            let client = match op {
+                Op::Get(g) if !g.answered => Some(g.client),
+                Op::Put(p) if !p.answered => Some(p.client),
+                Op::Forward(f) => Some(Client::Local(f.client)),
+                _ => None,
+            };
+            if let Some(c) = client {
+                self.fail_client(c, ClientError::Unavailable("shutting down".into()));
+            }
+        }
+    }
+}

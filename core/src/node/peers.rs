@@ -1,0 +1,357 @@
+//! Peers: the handshake, gossip and failure detection.
+//!
+//! Handshake: a node says [`wire::Hello`] to every peer when it starts
+//! serving and whenever a peer sends it something before they agreed on a
+//! protocol. The answer is [`wire::HelloAck`] with the highest protocol both
+//! speak, or [`wire::Refuse`] naming both ranges. Messages for a peer wait in a
+//! bounded queue until its handshake completes; messages from a peer without a
+//! handshake are dropped (and counted), never guessed at.
+//!
+//! Gossip: every `gossip_interval` a node bumps its heartbeat and sends every
+//! member's latest [`wire::MemberInfo`] (release, protocols, schema, cluster
+//! version, health) to one random peer, so version drift is visible on every
+//! node. A peer whose heartbeat has not advanced (and that sent nothing) for
+//! `peer_down_after` is judged down.
+
+use alloc::collections::VecDeque;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::api::{Event, Output};
+use crate::types::{NodeId, Time};
+use crate::version;
+use crate::wire::{self, MemberInfo, Message};
+
+use super::{Node, Phase};
+
+pub(crate) struct Peer {
+    pub id: NodeId,
+    /// The agreed protocol, once the handshake completed.
+    pub protocol: Option<u16>,
+    /// Why the peer refused us (or we it), if it did.
+    pub refused: Option<String>,
+    pub last_hello: Option<Time>,
+    /// The latest gossip about this peer.
+    pub info: Option<MemberInfo>,
+    /// When we last had evidence the peer is alive.
+    pub last_seen: Option<Time>,
+    pub up: bool,
+    pub queue: VecDeque<Message>,
+}
+
+impl Peer {
+    pub fn new(id: NodeId) -> Peer {
+        Peer {
+            id,
+            protocol: None,
+            refused: None,
+            last_hello: None,
+            info: None,
+            last_seen: None,
+            up: false,
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+/// A read-only view of a peer, for status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub id: NodeId,
+    pub protocol: Option<u16>,
+    pub up: bool,
+    pub refused: Option<String>,
+    pub info: Option<MemberInfo>,
+}
+
+impl Node {
+    /// Every peer as this node sees it.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.peers
+            .values()
+            .map(|p| PeerView {
+                id: p.id,
+                protocol: p.protocol,
+                up: p.up,
+                refused: p.refused.clone(),
+                info: p.info.clone(),
+            })
+            .collect()
+    }
+
+    /// What this node says about itself in gossip.
+    pub fn self_info(&self) -> MemberInfo {
+        MemberInfo {
+            node: self.cfg.id,
+            epoch: self.epoch,
+            heartbeat: self.heartbeat,
+            release: self.release.version.into(),
+            protocols: self.release.protocols,
+            schema: self.release.schema,
+            cluster_version: self.release.version.into(),
+            health: self.health(),
+        }
+    }
+
+    pub(super) fn peer_ready(&self, peer: NodeId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.protocol.is_some())
+    }
+
+    /// Handshaken and believed up.
+    pub(super) fn peer_usable(&self, peer: NodeId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.protocol.is_some() && p.up)
+    }
+
+    pub(super) fn peer_protocol(&self, peer: NodeId) -> Option<u16> {
+        self.peers.get(&peer).and_then(|p| p.protocol)
+    }
+
+    /// Sends a message, or queues it until the peer's handshake completes.
+    pub(super) fn send(&mut self, to: NodeId, message: Message) {
+        let max_queue = self.cfg.limits.max_peer_queue;
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return;
+        };
+        match peer.protocol {
+            Some(p) => {
+                let bytes = wire::encode(p, &message);
+                self.push(Output::Send { to, bytes });
+            }
+            None => {
+                if peer.queue.len() >= max_queue {
+                    peer.queue.pop_front();
+                    self.metrics.peer_queue_drops += 1;
+                }
+                peer.queue.push_back(message);
+                self.maybe_hello(to);
+            }
+        }
+    }
+
+    fn send_handshake(&mut self, to: NodeId, message: Message) {
+        // Handshake bodies are frozen; they travel at our lowest protocol.
+        let bytes = wire::encode(self.release.protocols.min, &message);
+        self.push(Output::Send { to, bytes });
+    }
+
+    fn hello(&self) -> wire::Hello {
+        wire::Hello {
+            node: self.cfg.id,
+            release: self.release.version.into(),
+            protocols: self.release.protocols,
+            epoch: self.epoch,
+        }
+    }
+
+    pub(super) fn hello_all(&mut self) {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.say_hello(id);
+        }
+    }
+
+    fn say_hello(&mut self, to: NodeId) {
+        let now = self.now;
+        if let Some(p) = self.peers.get_mut(&to) {
+            p.last_hello = Some(now);
+        }
+        let m = Message::Hello(self.hello());
+        self.send_handshake(to, m);
+    }
+
+    /// Says hello unless we did so recently.
+    pub(super) fn maybe_hello(&mut self, to: NodeId) {
+        if self.phase != Phase::Serving {
+            return;
+        }
+        let retry = self.cfg.timing.handshake_retry;
+        let due = self.peers.get(&to).is_some_and(|p| {
+            p.last_hello
+                .is_none_or(|t| self.now.saturating_since(t) >= retry)
+        });
+        if due {
+            self.say_hello(to);
+        }
+    }
+
+    pub(super) fn retry_handshakes(&mut self) {
+        let pending: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.protocol.is_none())
+            .map(|p| p.id)
+            .collect();
+        for id in pending {
+            self.maybe_hello(id);
+        }
+    }
+
+    fn agree(&self, release: &str, protocols: version::ProtocolRange) -> Result<u16, String> {
+        version::negotiate(
+            self.release.version,
+            self.release.protocols,
+            release,
+            protocols,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    pub(super) fn handle_hello(&mut self, from: NodeId, m: wire::Hello) {
+        if m.node != from || self.phase != Phase::Serving {
+            return;
+        }
+        match self.agree(&m.release, m.protocols) {
+            Ok(protocol) => {
+                let ack = Message::HelloAck(wire::HelloAck {
+                    node: self.cfg.id,
+                    release: self.release.version.into(),
+                    protocols: self.release.protocols,
+                    epoch: self.epoch,
+                    protocol,
+                });
+                self.send_handshake(from, ack);
+                self.connected(from, protocol);
+            }
+            Err(reason) => {
+                self.send_handshake(
+                    from,
+                    Message::Refuse(wire::Refuse {
+                        node: self.cfg.id,
+                        reason: reason.clone(),
+                    }),
+                );
+                self.refused(from, reason);
+            }
+        }
+    }
+
+    pub(super) fn handle_hello_ack(&mut self, from: NodeId, m: wire::HelloAck) {
+        if m.node != from || self.phase != Phase::Serving {
+            return;
+        }
+        // Check the peer's choice ourselves rather than trusting it.
+        match self.agree(&m.release, m.protocols) {
+            Ok(p) if p == m.protocol => self.connected(from, p),
+            Ok(p) => self.refused(
+                from,
+                alloc::format!(
+                    "peer chose protocol {} but the highest common one is {p}",
+                    m.protocol
+                ),
+            ),
+            Err(reason) => self.refused(from, reason),
+        }
+    }
+
+    pub(super) fn handle_refuse(&mut self, from: NodeId, m: wire::Refuse) {
+        if m.node == from {
+            self.refused(from, m.reason);
+        }
+    }
+
+    fn connected(&mut self, peer: NodeId, protocol: u16) {
+        let now = self.now;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let changed = p.protocol != Some(protocol);
+        p.protocol = Some(protocol);
+        p.refused = None;
+        p.last_seen = Some(now);
+        let queued: Vec<Message> = p.queue.drain(..).collect();
+        if changed {
+            self.emit(Event::PeerConnected { peer, protocol });
+        }
+        self.set_up(peer, true);
+        for m in queued {
+            self.send(peer, m);
+        }
+    }
+
+    fn refused(&mut self, peer: NodeId, reason: String) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.protocol = None;
+        let dropped = p.queue.len() as u64;
+        p.queue.clear();
+        self.metrics.peer_queue_drops += dropped;
+        if p.refused.as_deref() != Some(reason.as_str()) {
+            p.refused = Some(reason.clone());
+            self.emit(Event::PeerRefused { peer, reason });
+        }
+        self.set_up(peer, false);
+    }
+
+    pub(super) fn note_alive(&mut self, peer: NodeId) {
+        let now = self.now;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.last_seen = Some(now);
+            if !p.up && p.protocol.is_some() {
+                self.set_up(peer, true);
+            }
+        }
+    }
+
+    fn set_up(&mut self, peer: NodeId, up: bool) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if p.up != up {
+                p.up = up;
+                self.emit(Event::PeerLiveness { peer, up });
+            }
+        }
+    }
+
+    pub(super) fn gossip_round(&mut self) {
+        self.heartbeat += 1;
+        // Failure detection.
+        let down_after = self.cfg.timing.peer_down_after;
+        let now = self.now;
+        let stale: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.up && p
+                    .last_seen
+                    .is_none_or(|t| now.saturating_since(t) >= down_after)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in stale {
+            self.set_up(id, false);
+        }
+        let ready: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.protocol.is_some())
+            .map(|p| p.id)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let target = ready[self.random_index(ready.len())];
+        let mut members = Vec::with_capacity(self.peers.len() + 1);
+        members.push(self.self_info());
+        members.extend(self.peers.values().filter_map(|p| p.info.clone()));
+        self.send(target, Message::Gossip(wire::Gossip { members }));
+    }
+
+    pub(super) fn handle_gossip(&mut self, _from: NodeId, m: wire::Gossip) {
+        let now = self.now;
+        for info in m.members.into_iter().take(self.cfg.members.len()) {
+            let Some(p) = self.peers.get_mut(&info.node) else {
+                continue;
+            };
+            let newer = p
+                .info
+                .as_ref()
+                .is_none_or(|old| (info.epoch, info.heartbeat) > (old.epoch, old.heartbeat));
+            if newer {
+                p.info = Some(info);
+                p.last_seen = Some(now);
+            }
+        }
+    }
+}

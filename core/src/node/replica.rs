@@ -1,0 +1,54 @@
+//! Serving coordinators: reads, durable writes, read repair.
+
+use bytes::Bytes;
+
+use crate::dvv::KeyState;
+use crate::types::NodeId;
+use crate::wire::{self, Message};
+
+use super::durability::Deferred;
+use super::Node;
+
+impl Node {
+    pub(super) fn handle_replica_get(&mut self, from: NodeId, m: wire::ReplicaGet) {
+        let state = self.store.get(&m.key).cloned().unwrap_or_default();
+        self.send(
+            from,
+            Message::ReplicaGetReply(wire::ReplicaGetReply {
+                req: m.req,
+                key: m.key,
+                state,
+            }),
+        );
+    }
+
+    /// Merges the coordinator's state and acknowledges once it is durable.
+    /// Even when nothing changed, the state may still be waiting for a sync,
+    /// so the acknowledgement always goes behind the writes issued so far.
+    pub(super) fn handle_replica_put(&mut self, from: NodeId, m: wire::ReplicaPut) {
+        if !m.state.is_well_formed() {
+            self.metrics.undecodable += 1;
+            return;
+        }
+        self.merge_local(&m.key, &m.state);
+        let ack = Deferred::AckReplicaPut {
+            to: from,
+            req: m.req,
+            key: m.key,
+        };
+        if self.bugs().ack_before_durable {
+            self.run_deferred(ack);
+        } else {
+            self.after_durable(ack);
+        }
+    }
+
+    pub(super) fn handle_read_repair(&mut self, _from: NodeId, m: wire::ReadRepair) {
+        self.repair_local(&m.key, &m.state);
+    }
+
+    /// Applies a repair: always a merge, so concurrent siblings survive.
+    pub(super) fn repair_local(&mut self, key: &Bytes, state: &KeyState) {
+        self.merge_local(key, state);
+    }
+}

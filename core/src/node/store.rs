@@ -1,0 +1,93 @@
+//! The node's in-memory view of its storage: every key's state, the Merkle
+//! tree of every partition, and the bookkeeping the reaper needs.
+//!
+//! Storage proper is outside the core: every change here is mirrored by a
+//! `Write` output, and durability is tracked by [`super::durability`].
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use crate::dvv::KeyState;
+use crate::merkle::MerkleTree;
+use crate::ring::Ring;
+use crate::types::Time;
+
+pub(crate) struct Entry {
+    pub state: KeyState,
+    pub digest: u64,
+    pub partition: u16,
+}
+
+pub(crate) struct Store {
+    pub keys: BTreeMap<Bytes, Entry>,
+    pub trees: Vec<MerkleTree>,
+    /// When each tombstone-only key was first seen in that state.
+    pub tombstones: BTreeMap<Bytes, Time>,
+}
+
+impl Store {
+    pub fn new(partitions: u16) -> Store {
+        Store {
+            keys: BTreeMap::new(),
+            trees: (0..partitions).map(|_| MerkleTree::default()).collect(),
+            tombstones: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&KeyState> {
+        self.keys.get(key).map(|e| &e.state)
+    }
+
+    pub fn digest(&self, key: &[u8]) -> Option<u64> {
+        self.keys.get(key).map(|e| e.digest)
+    }
+
+    /// Replaces (or with `None`, removes) a key's state, keeping the Merkle
+    /// tree and tombstone bookkeeping in step.
+    pub fn set(&mut self, ring: &Ring, key: &Bytes, state: Option<KeyState>, now: Time) {
+        let partition = ring.partition_of(key);
+        let old = self.keys.get(key).map(|e| e.digest);
+        match state {
+            Some(state) if !state.is_empty() => {
+                let digest = state.digest();
+                self.trees[partition as usize].update(key, old, Some(digest));
+                if state.is_tombstone_only() {
+                    self.tombstones.entry(key.clone()).or_insert(now);
+                } else {
+                    self.tombstones.remove(key);
+                }
+                self.keys.insert(
+                    key.clone(),
+                    Entry {
+                        state,
+                        digest,
+                        partition,
+                    },
+                );
+            }
+            _ => {
+                self.trees[partition as usize].update(key, old, None);
+                self.tombstones.remove(key);
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// Keys of a partition in the given Merkle buckets, with their digests.
+    pub fn keys_in_buckets(
+        &self,
+        partition: u16,
+        buckets: &[u16],
+        limit: usize,
+    ) -> Vec<(Bytes, u64)> {
+        self.keys
+            .iter()
+            .filter(|(k, e)| {
+                e.partition == partition && buckets.contains(&crate::merkle::bucket_of(k))
+            })
+            .take(limit)
+            .map(|(k, e)| (k.clone(), e.digest))
+            .collect()
+    }
+}

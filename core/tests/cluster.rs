@@ -1,0 +1,371 @@
+//! A minimal in-process driver: perfect network, instant disk. It checks the
+//! core's behaviour without the simulator's faults.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use cairn_core::api::{Input, IoResult, Output, ReadRequest, Request, Response};
+use cairn_core::{Event, Node, NodeConfig, NodeId, RequestId, Time, VersionVector};
+
+struct Disk {
+    durable: BTreeMap<Bytes, Bytes>,
+    pending: Vec<(Bytes, Option<Bytes>)>,
+}
+
+struct Cluster {
+    now: Time,
+    nodes: BTreeMap<NodeId, Option<Node>>,
+    disks: BTreeMap<NodeId, Disk>,
+    timers: BTreeMap<NodeId, Time>,
+    queue: VecDeque<(NodeId, Input)>,
+    replies: BTreeMap<RequestId, Response>,
+    events: Vec<(NodeId, Event)>,
+    members: Vec<NodeId>,
+    next_req: u64,
+    /// Links that drop everything (from, to).
+    cut: Vec<(NodeId, NodeId)>,
+}
+
+impl Cluster {
+    fn new(n: u32) -> Cluster {
+        let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let mut c = Cluster {
+            now: Time::from_millis(1),
+            nodes: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            queue: VecDeque::new(),
+            replies: BTreeMap::new(),
+            events: Vec::new(),
+            members: members.clone(),
+            next_req: 1,
+            cut: Vec::new(),
+        };
+        for &m in &members {
+            c.disks.insert(
+                m,
+                Disk {
+                    durable: BTreeMap::new(),
+                    pending: Vec::new(),
+                },
+            );
+            c.start(m);
+        }
+        c.run_for(500);
+        c
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let cfg = NodeConfig::new(id, self.members.clone(), 7 + id.0 as u64);
+        let node = Node::new(cfg, self.now);
+        self.nodes.insert(id, Some(node));
+        self.drain(id);
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.nodes.insert(id, None);
+        self.disks.get_mut(&id).unwrap().pending.clear();
+        self.timers.remove(&id);
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        loop {
+            let Some(Some(node)) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            match node.poll_output() {
+                Output::Timeout(at) => {
+                    self.timers.insert(id, at);
+                    return;
+                }
+                Output::Send { to, bytes } => {
+                    if !self.cut.contains(&(id, to)) {
+                        self.queue.push_back((
+                            to,
+                            Input::Message {
+                                now: self.now,
+                                from: id,
+                                bytes,
+                            },
+                        ));
+                    }
+                }
+                Output::Write { key, value, .. } => {
+                    self.disks.get_mut(&id).unwrap().pending.push((key, value))
+                }
+                Output::Sync { io } => {
+                    let d = self.disks.get_mut(&id).unwrap();
+                    for (k, v) in d.pending.drain(..) {
+                        match v {
+                            Some(v) => d.durable.insert(k, v),
+                            None => d.durable.remove(&k),
+                        };
+                    }
+                    self.queue.push_back((
+                        id,
+                        Input::IoDone {
+                            now: self.now,
+                            io,
+                            result: IoResult::Synced,
+                        },
+                    ));
+                }
+                Output::Read {
+                    io,
+                    request: ReadRequest::All,
+                } => {
+                    let recs = self.disks[&id]
+                        .durable
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    self.queue.push_back((
+                        id,
+                        Input::IoDone {
+                            now: self.now,
+                            io,
+                            result: IoResult::Loaded(recs),
+                        },
+                    ));
+                }
+                Output::Reply { id: rid, response } => {
+                    self.replies.insert(rid, response);
+                }
+                Output::Event(e) => self.events.push((id, e)),
+            }
+        }
+    }
+
+    /// Advances time in 1 ms steps, delivering everything due.
+    fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms {
+            while let Some((to, mut input)) = self.queue.pop_front() {
+                let now = self.now;
+                match &mut input {
+                    Input::Message { now: t, .. }
+                    | Input::IoDone { now: t, .. }
+                    | Input::Client { now: t, .. } => *t = now,
+                    _ => {}
+                }
+                if let Some(Some(node)) = self.nodes.get_mut(&to) {
+                    node.handle_input(input);
+                    self.drain(to);
+                }
+            }
+            self.now = self.now + cairn_core::Duration::from_millis(1);
+            let due: Vec<NodeId> = self
+                .timers
+                .iter()
+                .filter(|(_, &t)| t <= self.now)
+                .map(|(&n, _)| n)
+                .collect();
+            for n in due {
+                self.timers.remove(&n);
+                if let Some(Some(node)) = self.nodes.get_mut(&n) {
+                    node.handle_input(Input::Timeout(self.now));
+                    self.drain(n);
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, at: NodeId, request: Request) -> Response {
+        let id = RequestId(self.next_req);
+        self.next_req += 1;
+        self.queue.push_back((
+            at,
+            Input::Client {
+                now: self.now,
+                id,
+                request,
+            },
+        ));
+        for _ in 0..3000 {
+            self.run_for(1);
+            if let Some(r) = self.replies.remove(&id) {
+                return r;
+            }
+        }
+        panic!("no reply to request {id:?}");
+    }
+
+    fn get(&mut self, at: u32, key: &str) -> (Vec<Bytes>, VersionVector) {
+        match self.request(
+            NodeId(at),
+            Request::Get {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+            },
+        ) {
+            Response::Read { siblings, context } => (
+                siblings.into_iter().filter_map(|s| s.value).collect(),
+                context,
+            ),
+            other => panic!("get failed: {other:?}"),
+        }
+    }
+
+    fn put(&mut self, at: u32, key: &str, value: &str, context: VersionVector) -> Response {
+        self.request(
+            NodeId(at),
+            Request::Put {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                context,
+            },
+        )
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[test]
+fn nodes_start_and_connect() {
+    let c = Cluster::new(3);
+    for (id, n) in &c.nodes {
+        let n = n.as_ref().unwrap();
+        assert!(n.is_serving(), "{id} not serving");
+        assert!(
+            n.peers().iter().all(|p| p.protocol == Some(2) && p.up),
+            "{id}: {:?}",
+            n.peers()
+        );
+    }
+}
+
+#[test]
+fn write_on_one_node_read_on_another() {
+    let mut c = Cluster::new(5);
+    assert_eq!(c.put(1, "k", "v1", VersionVector::new()), Response::Written);
+    for at in 1..=5 {
+        assert_eq!(c.get(at, "k").0, vec![b("v1")]);
+    }
+}
+
+#[test]
+fn concurrent_writes_become_siblings_and_a_context_resolves_them() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "k", "a", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(2, "k", "b", VersionVector::new()), Response::Written);
+    let (vals, ctx) = c.get(3, "k");
+    assert_eq!(vals.len(), 2, "{vals:?}");
+    assert_eq!(c.put(3, "k", "c", ctx), Response::Written);
+    assert_eq!(c.get(1, "k").0, vec![b("c")]);
+}
+
+#[test]
+fn acknowledged_write_survives_a_crash_of_its_coordinator() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    c.crash(NodeId(1));
+    assert_eq!(c.get(2, "k").0, vec![b("v")]);
+    c.start(NodeId(1));
+    c.run_for(1000);
+    let n1 = c.nodes[&NodeId(1)].as_ref().unwrap();
+    assert!(n1.is_serving());
+    assert_eq!(n1.epoch(), 2, "an unclean restart takes a new epoch");
+}
+
+#[test]
+fn hints_are_stored_and_drained_and_replicas_converge() {
+    let mut c = Cluster::new(3);
+    // Node 3 hears nothing.
+    c.cut = vec![(NodeId(1), NodeId(3)), (NodeId(2), NodeId(3))];
+    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    c.run_for(1000);
+    let hints: usize = c
+        .nodes
+        .values()
+        .map(|n| n.as_ref().unwrap().hint_count())
+        .sum();
+    assert!(hints > 0, "no hint stored for the unreachable replica");
+    c.cut.clear();
+    c.run_for(3000);
+    let hints: usize = c
+        .nodes
+        .values()
+        .map(|n| n.as_ref().unwrap().hint_count())
+        .sum();
+    assert_eq!(hints, 0);
+    let states: Vec<_> = c
+        .nodes
+        .values()
+        .map(|n| n.as_ref().unwrap().key_state(b"k").cloned())
+        .collect();
+    assert!(
+        states.iter().all(|s| s == &states[0] && s.is_some()),
+        "{states:?}"
+    );
+}
+
+#[test]
+fn deletes_are_tombstones_then_reaped_everywhere() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    let (_, ctx) = c.get(2, "k");
+    let r = c.request(
+        NodeId(2),
+        Request::Delete {
+            key: b("k"),
+            context: ctx,
+        },
+    );
+    assert_eq!(r, Response::Written);
+    assert!(c.get(3, "k").0.is_empty());
+    c.run_for(20_000);
+    for n in c.nodes.values() {
+        assert!(
+            n.as_ref().unwrap().key_state(b"k").is_none(),
+            "tombstone not reaped"
+        );
+    }
+    assert!(c
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::TombstoneReaped { .. })));
+}
+
+#[test]
+fn clean_restart_keeps_the_epoch() {
+    let mut c = Cluster::new(3);
+    let e = c.nodes[&NodeId(2)].as_ref().unwrap().epoch();
+    c.queue
+        .push_back((NodeId(2), Input::Shutdown { now: c.now }));
+    c.run_for(10);
+    assert!(c
+        .events
+        .iter()
+        .any(|(n, e)| *n == NodeId(2) && *e == Event::ShutdownComplete));
+    c.crash(NodeId(2));
+    c.start(NodeId(2));
+    c.run_for(100);
+    assert_eq!(c.nodes[&NodeId(2)].as_ref().unwrap().epoch(), e);
+}
+
+#[test]
+fn anti_entropy_repairs_a_replica_that_lost_its_data() {
+    let mut c = Cluster::new(3);
+    for i in 0..20 {
+        assert_eq!(
+            c.put(1, &format!("k{i}"), "v", VersionVector::new()),
+            Response::Written
+        );
+    }
+    c.run_for(100);
+    // Wipe node 3's disk entirely.
+    c.crash(NodeId(3));
+    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.start(NodeId(3));
+    c.run_for(15_000);
+    let n3 = c.nodes[&NodeId(3)].as_ref().unwrap();
+    let n1 = c.nodes[&NodeId(1)].as_ref().unwrap();
+    for p in 0..n1.ring().partitions() {
+        assert_eq!(
+            n1.merkle_root(p),
+            n3.merkle_root(p),
+            "partition {p} differs"
+        );
+    }
+    assert_eq!(n3.keys().count(), 20);
+}

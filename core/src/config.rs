@@ -117,6 +117,41 @@ pub struct PlantedBugs {
     pub ack_before_durable: bool,
     /// A node restarting after a crash keeps its epoch and reuses dot counters.
     pub reuse_dots_after_crash: bool,
+    /// Read repair replaces a replica's state instead of merging into it.
+    pub read_repair_overwrites: bool,
+    /// A tombstone is reaped without asking the other replicas.
+    pub reap_without_quorum: bool,
+    /// Hints for a target that is down are given up.
+    pub drop_hints_for_down_targets: bool,
+    /// Anti-entropy leaves out the keys of the last Merkle bucket.
+    pub anti_entropy_skips_bucket: bool,
+}
+
+impl PlantedBugs {
+    /// Every planted bug by name, for command lines.
+    pub const NAMES: &'static [&'static str] = &[
+        "ack-before-durable",
+        "reuse-dots-after-crash",
+        "read-repair-overwrites",
+        "reap-without-quorum",
+        "drop-hints-for-down-targets",
+        "anti-entropy-skips-bucket",
+    ];
+
+    /// Switches on the bug called `name`; false when there is no such bug.
+    pub fn enable(&mut self, name: &str) -> bool {
+        let flag = match name {
+            "ack-before-durable" => &mut self.ack_before_durable,
+            "reuse-dots-after-crash" => &mut self.reuse_dots_after_crash,
+            "read-repair-overwrites" => &mut self.read_repair_overwrites,
+            "reap-without-quorum" => &mut self.reap_without_quorum,
+            "drop-hints-for-down-targets" => &mut self.drop_hints_for_down_targets,
+            "anti-entropy-skips-bucket" => &mut self.anti_entropy_skips_bucket,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
 }
 
 /// Everything that configures one node.

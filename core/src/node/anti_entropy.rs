@@ -83,9 +83,14 @@ impl Node {
         if differing.is_empty() {
             return;
         }
-        let keys = self
-            .store
-            .keys_in_buckets(m.partition, &differing, self.cfg.limits.max_ae_keys);
+        let mut keys =
+            self.store
+                .keys_in_buckets(m.partition, &differing, self.cfg.limits.max_ae_keys);
+        if self.bugs().anti_entropy_skips_bucket {
+            keys.retain(|(k, _)| {
+                crate::merkle::bucket_of(k) as usize != crate::merkle::BUCKETS - 1
+            });
+        }
         self.send(
             from,
             Message::AeKeys(wire::AeKeys {
@@ -120,7 +125,15 @@ impl Node {
             }
         }
         // Keys we hold in those buckets that the peer did not list.
-        let ours = self.store.keys_in_buckets(m.partition, &buckets, limit);
+        let mut ours = self.store.keys_in_buckets(m.partition, &buckets, limit);
+        if self.bugs().anti_entropy_skips_bucket {
+            ours.retain(|(k, _)| {
+                crate::merkle::bucket_of(k) as usize != crate::merkle::BUCKETS - 1
+            });
+            states.retain(|(k, _)| {
+                crate::merkle::bucket_of(k) as usize != crate::merkle::BUCKETS - 1
+            });
+        }
         for (key, _) in ours {
             if states.len() >= limit {
                 break;
@@ -228,6 +241,19 @@ impl Node {
                 .copied()
                 .filter(|&r| r != me)
                 .collect();
+            if self.bugs().reap_without_quorum {
+                for &r in &others {
+                    self.send(
+                        r,
+                        Message::ReapCommit(wire::ReapCommit {
+                            key: key.clone(),
+                            digest,
+                        }),
+                    );
+                }
+                self.reap(&key);
+                continue;
+            }
             if others.iter().any(|&r| !self.peer_usable(r)) {
                 continue;
             }

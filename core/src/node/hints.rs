@@ -63,6 +63,9 @@ impl Node {
         targets.dedup();
         for target in targets {
             if !self.peer_usable(target) {
+                if self.bugs().drop_hints_for_down_targets {
+                    self.give_up_hints(target);
+                }
                 continue;
             }
             let items: Vec<(Bytes, KeyState)> = self
@@ -101,6 +104,20 @@ impl Node {
                     );
                 }
             }
+        }
+    }
+
+    /// Planted bug: forget every hint for a target.
+    fn give_up_hints(&mut self, target: NodeId) {
+        let keys: Vec<Bytes> = self
+            .hints
+            .range((target, Bytes::new())..)
+            .take_while(|((t, _), _)| *t == target)
+            .map(|((_, k), _)| k.clone())
+            .collect();
+        for key in keys {
+            self.hints.remove(&(target, key.clone()));
+            self.write_record(storage::hint_key(target, &key), None);
         }
     }
 

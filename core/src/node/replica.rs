@@ -49,6 +49,15 @@ impl Node {
 
     /// Applies a repair: always a merge, so concurrent siblings survive.
     pub(super) fn repair_local(&mut self, key: &Bytes, state: &KeyState) {
+        #[cfg(feature = "planted-bugs")]
+        if self.bugs().read_repair_overwrites {
+            if state.is_well_formed() && self.store.get(key) != Some(state) {
+                let mut s = self.store.get(key).cloned().unwrap_or_default();
+                s.overwrite_with(state);
+                self.put_local(key, Some(s));
+            }
+            return;
+        }
         self.merge_local(key, state);
     }
 }

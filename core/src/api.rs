@@ -62,6 +62,37 @@ pub enum Input {
     /// Begin a clean shutdown: stop taking requests, persist what is needed to
     /// restart under the same epoch, then emit [`Event::ShutdownComplete`].
     Shutdown { now: Time },
+    /// An operator (or orchestrator) command; answered like a client request.
+    Admin {
+        now: Time,
+        id: RequestId,
+        command: AdminCommand,
+    },
+}
+
+/// Operator commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminCommand {
+    /// Raise the active cluster version to `target` (default: this node's
+    /// release). Refused, naming the node that blocks it, unless every member
+    /// runs a release that supports the target and is healthy.
+    Finalize { target: Option<String> },
+    /// Take a backup of this node's data now.
+    Backup,
+}
+
+/// What a backup is, for listings. The driver keeps the backups and prunes
+/// old ones to its retention count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// Unique per node: `epoch-<e>-io-<n>`.
+    pub label: String,
+    pub time: Time,
+    pub release: String,
+    pub schema: u16,
+    pub epoch: u32,
+    /// Why it was taken: `manual` or `before migration to schema N`.
+    pub reason: String,
 }
 
 /// Everything a node asks its driver to do, or tells its observers.
@@ -82,6 +113,10 @@ pub enum Output {
     /// Read from storage; answer with [`Input::IoDone`] carrying
     /// [`IoResult::Loaded`].
     Read { io: IoId, request: ReadRequest },
+    /// Copy every durable record to a new backup, atomically (a snapshot);
+    /// answer with [`Input::IoDone`]. Writes issued after this output are not
+    /// part of the backup.
+    Backup { io: IoId, info: BackupInfo },
     /// Answer a client request.
     Reply { id: RequestId, response: Response },
     /// An observation for checkers, metrics and traces.
@@ -146,6 +181,10 @@ pub enum Response {
     },
     /// A put or delete was made durable on at least W replicas.
     Written,
+    /// The active cluster version is now at least this.
+    Finalized { cluster_version: String },
+    /// A backup was taken.
+    BackedUp { info: BackupInfo },
     /// The request failed. For writes, `Timeout` is indeterminate: the write
     /// may or may not take effect.
     Error(ClientError),
@@ -174,6 +213,9 @@ pub enum ClientError {
     Overloaded,
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An admin command was refused; the reason says what blocks it.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Observations: for oracles, metrics and traces. Never needed for correctness.
@@ -256,5 +298,35 @@ pub enum Event {
     },
     TombstoneReaped {
         key: Bytes,
+    },
+    /// The node stopped serving (or will not start); the reason says why.
+    Refusing {
+        reason: String,
+    },
+    /// A higher cluster version was persisted and is now acted upon.
+    ClusterVersion {
+        version: String,
+    },
+    MigrationStarted {
+        from: u16,
+        to: u16,
+    },
+    /// The switch to the new schema is durable and the old records are gone.
+    MigrationFinished {
+        from: u16,
+        to: u16,
+    },
+    MigrationFailed {
+        from: u16,
+        to: u16,
+        reason: String,
+    },
+    BackupTaken {
+        info: BackupInfo,
+    },
+    /// After a restore, the node learned from its peers the epochs it used
+    /// since the backup and took a new one above them.
+    EpochLearned {
+        epoch: u32,
     },
 }

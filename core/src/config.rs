@@ -125,6 +125,16 @@ pub struct PlantedBugs {
     pub drop_hints_for_down_targets: bool,
     /// Anti-entropy leaves out the keys of the last Merkle bucket.
     pub anti_entropy_skips_bucket: bool,
+    /// A new wire message is sent before the cluster is finalized at a
+    /// release that has it.
+    pub new_message_before_finalization: bool,
+    /// Data is migrated to this release's schema before finalization.
+    pub migrate_before_finalization: bool,
+    /// Migration rewrites records in place instead of switching atomically.
+    pub non_atomic_migration: bool,
+    /// A cluster version learned from gossip is acted on before it is
+    /// persisted.
+    pub cluster_version_before_persisting: bool,
 }
 
 impl PlantedBugs {
@@ -136,6 +146,10 @@ impl PlantedBugs {
         "reap-without-quorum",
         "drop-hints-for-down-targets",
         "anti-entropy-skips-bucket",
+        "new-message-before-finalization",
+        "migrate-before-finalization",
+        "non-atomic-migration",
+        "cluster-version-before-persisting",
     ];
 
     /// Switches on the bug called `name`; false when there is no such bug.
@@ -147,6 +161,10 @@ impl PlantedBugs {
             "reap-without-quorum" => &mut self.reap_without_quorum,
             "drop-hints-for-down-targets" => &mut self.drop_hints_for_down_targets,
             "anti-entropy-skips-bucket" => &mut self.anti_entropy_skips_bucket,
+            "new-message-before-finalization" => &mut self.new_message_before_finalization,
+            "migrate-before-finalization" => &mut self.migrate_before_finalization,
+            "non-atomic-migration" => &mut self.non_atomic_migration,
+            "cluster-version-before-persisting" => &mut self.cluster_version_before_persisting,
             _ => return false,
         };
         *flag = true;
@@ -161,6 +179,11 @@ pub struct NodeConfig {
     /// The static seed list: every member, this node included.
     pub members: Vec<NodeId>,
     pub release: ReleaseId,
+    /// The cluster version a node with an empty data directory starts at.
+    /// `None`: the oldest this release supports, so a new node never runs
+    /// ahead of a cluster it joins; set it to the release when bootstrapping
+    /// a new cluster.
+    pub initial_cluster_version: Option<ReleaseId>,
     pub quorum: Quorum,
     /// Fixed ring partitions (anti-entropy ranges).
     pub partitions: u16,
@@ -180,6 +203,7 @@ impl NodeConfig {
             id,
             members,
             release: ReleaseId::current(),
+            initial_cluster_version: None,
             quorum: Quorum::default(),
             partitions: 64,
             vnodes: 16,

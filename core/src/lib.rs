@@ -33,7 +33,8 @@ pub mod version;
 pub mod wire;
 
 pub use api::{
-    ClientError, Context, Event, Input, IoResult, Output, ReadRequest, Request, Response,
+    AdminCommand, BackupInfo, ClientError, Context, Event, Input, IoResult, Output, ReadRequest,
+    Request, Response,
 };
 pub use config::{Limits, NodeConfig, Quorum, Timing};
 pub use dvv::{Actor, Dot, KeyState, Sibling, VersionVector};

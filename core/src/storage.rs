@@ -1,13 +1,29 @@
-//! On-disk record layout.
+//! On-disk record layout, one per schema version.
 //!
 //! A node's storage is a flat ordered key-value space. Record keys:
-//! - `m`: the node's metadata ([`Meta`]): epoch, dot counter, clean-shutdown flag.
-//! - `d` + user key: a key's replicated state ([`KeyState`]).
-//! - `h` + target node (4 bytes, big endian) + user key: a durable hint.
+//! - `m`: the node's metadata ([`Meta`]), frozen format, readable by every
+//!   release: epoch, dot counter, clean-shutdown flag, live schema, cluster
+//!   version.
+//! - `p`: progress of a schema migration ([`Progress`]), frozen format.
+//! - `r`: written by an offline restore from backup ([`RESTORED_KEY`]).
+//! - `d` + schema + …: a key's replicated state ([`KeyState`]).
+//!   Schemas 1 and 2: `d | schema | user key`. Schema 3:
+//!   `d | 3 | partition (u16 BE) | user key`, so one partition is one
+//!   contiguous range of storage.
+//! - `h` + schema + target node (u32 BE) + user key: a durable hint.
 //!
-//! Every stored value is `schema (u16 LE) | crc32c of body (u32 LE) | body`,
-//! the body being postcard. A record whose checksum or body does not decode
-//! is corrupt: it is reported and treated as lost, never served.
+//! Every schema lives in its own key namespace, so a migration writes the new
+//! schema beside the old one and the metadata's schema field is the one atomic
+//! switch between them; whatever belongs to a schema that is not live is
+//! left-over from an interrupted or finished migration and is removed.
+//!
+//! Values:
+//! - schema 1: `1 (u16 LE) | crc32c(body) (u32 LE) | body`;
+//! - schemas 2 and 3: `schema (u16 LE) | crc32c(schema, rest) (u32 LE) | codec (u8) | payload`,
+//!   codec 0 = raw postcard, codec 1 = zstd-compressed postcard.
+//!
+//! A record whose checksum or body does not decode is corrupt: it is reported
+//! and treated as lost, never served.
 
 use alloc::format;
 use alloc::vec::Vec;
@@ -18,14 +34,23 @@ use crate::dvv::KeyState;
 use crate::types::NodeId;
 use crate::Error;
 
-/// The schema this code writes.
-pub const SCHEMA: u16 = 1;
+/// Every schema this build can read and write.
+pub const SCHEMAS: core::ops::RangeInclusive<u16> = 1..=3;
 
 pub const META_KEY: &[u8] = b"m";
+pub const PROGRESS_KEY: &[u8] = b"p";
+/// Present after an offline restore from backup: the node must learn its last
+/// epoch from its peers before issuing a dot.
+pub const RESTORED_KEY: &[u8] = b"r";
 const DATA: u8 = b'd';
 const HINT: u8 = b'h';
 
-/// Node metadata, persisted before the node acts on it.
+/// Payloads larger than this are compressed (schemas 2 and 3).
+const COMPRESS_OVER: usize = 128;
+/// Largest decompressed payload accepted: protects against corrupt input.
+const MAX_PAYLOAD: usize = 64 << 20;
+
+/// Node metadata, persisted before the node acts on it. Frozen format.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// The incarnation whose dots this node issues.
@@ -34,58 +59,89 @@ pub struct Meta {
     pub next_counter: u64,
     /// True only between a completed clean shutdown and the next start.
     pub clean: bool,
+    /// The schema of the live records.
+    pub schema: u16,
+    /// The active cluster version (a release version string).
+    pub cluster_version: alloc::string::String,
+    /// Starts so far: orders what gossip says about this node across restarts.
+    pub generation: u64,
+}
+
+/// A migration in progress. Frozen format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub from: u16,
+    pub to: u16,
+    /// Attempts started so far, including the current one.
+    pub attempts: u32,
+    /// The last failure, if an attempt failed.
+    pub last_error: Option<alloc::string::String>,
 }
 
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Meta(Meta),
+    Progress(Progress),
+    Restored,
     Data {
+        schema: u16,
         key: Bytes,
         state: KeyState,
     },
     Hint {
+        schema: u16,
         target: NodeId,
         key: Bytes,
         state: KeyState,
     },
 }
 
-pub fn data_key(user_key: &[u8]) -> Bytes {
-    let mut k = Vec::with_capacity(1 + user_key.len());
+pub fn data_key(schema: u16, partition: u16, user_key: &[u8]) -> Bytes {
+    let mut k = Vec::with_capacity(4 + user_key.len());
     k.push(DATA);
+    k.push(schema as u8);
+    if schema >= 3 {
+        k.extend_from_slice(&partition.to_be_bytes());
+    }
     k.extend_from_slice(user_key);
     Bytes::from(k)
 }
 
-pub fn hint_key(target: NodeId, user_key: &[u8]) -> Bytes {
-    let mut k = Vec::with_capacity(5 + user_key.len());
+pub fn hint_key(schema: u16, target: NodeId, user_key: &[u8]) -> Bytes {
+    let mut k = Vec::with_capacity(6 + user_key.len());
     k.push(HINT);
+    k.push(schema as u8);
     k.extend_from_slice(&target.0.to_be_bytes());
     k.extend_from_slice(user_key);
     Bytes::from(k)
 }
 
-fn encode<T: Serialize>(value: &T) -> Bytes {
-    let body = postcard::to_allocvec(value).expect("in-memory serialisation cannot fail");
+/// The schema namespace a data or hint record key belongs to.
+pub fn key_schema(key: &[u8]) -> Option<u16> {
+    match key {
+        [DATA | HINT, s, ..] => Some(*s as u16),
+        _ => None,
+    }
+}
+
+fn frame_v1(body: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(6 + body.len());
-    out.extend_from_slice(&SCHEMA.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(body);
     Bytes::from(out)
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+fn frozen<T: Serialize>(value: &T) -> Bytes {
+    frame_v1(&postcard::to_allocvec(value).expect("in-memory serialisation cannot fail"))
+}
+
+fn unframe_v1(bytes: &[u8]) -> Result<&[u8], Error> {
     if bytes.len() < 6 {
         return Err(Error::Storage(format!(
             "record of {} bytes is too short",
             bytes.len()
-        )));
-    }
-    let schema = u16::from_le_bytes([bytes[0], bytes[1]]);
-    if schema != SCHEMA {
-        return Err(Error::Storage(format!(
-            "record written by schema {schema}, this release reads schema {SCHEMA}"
         )));
     }
     let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
@@ -93,20 +149,97 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if crc32c::crc32c(body) != crc {
         return Err(Error::Storage("checksum mismatch".into()));
     }
-    postcard::from_bytes(body).map_err(|e| Error::Storage(format!("body: {e}")))
+    Ok(body)
+}
+
+fn decode_frozen<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.len() >= 2 && u16::from_le_bytes([bytes[0], bytes[1]]) != 1 {
+        return Err(Error::Storage(
+            "metadata record with an unknown frame".into(),
+        ));
+    }
+    postcard::from_bytes(unframe_v1(bytes)?).map_err(|e| Error::Storage(format!("body: {e}")))
 }
 
 pub fn encode_meta(meta: &Meta) -> Bytes {
-    encode(meta)
+    frozen(meta)
 }
 
-pub fn encode_state(state: &KeyState) -> Bytes {
-    encode(state)
+pub fn encode_progress(p: &Progress) -> Bytes {
+    frozen(p)
 }
 
-/// Decodes a key's stored state, checking its invariants.
+/// The value stored under [`RESTORED_KEY`].
+pub fn restored_marker() -> Bytes {
+    frame_v1(&[])
+}
+
+/// Encodes a key state in the given schema.
+pub fn encode_state(schema: u16, state: &KeyState) -> Bytes {
+    let body = postcard::to_allocvec(state).expect("in-memory serialisation cannot fail");
+    if schema <= 1 {
+        return frame_v1(&body);
+    }
+    let (codec, payload) = if body.len() > COMPRESS_OVER {
+        match zstd::bulk::compress(&body, 3) {
+            Ok(c) if c.len() < body.len() => (1u8, c),
+            _ => (0u8, body),
+        }
+    } else {
+        (0u8, body)
+    };
+    let mut rest = Vec::with_capacity(1 + payload.len());
+    rest.push(codec);
+    rest.extend_from_slice(&payload);
+    let mut out = Vec::with_capacity(6 + rest.len());
+    out.extend_from_slice(&schema.to_le_bytes());
+    out.extend_from_slice(&checksum_v2(schema, &rest).to_le_bytes());
+    out.extend_from_slice(&rest);
+    Bytes::from(out)
+}
+
+/// Schemas 2 and up checksum the schema field too, so a damaged schema field
+/// cannot pass for another schema.
+fn checksum_v2(schema: u16, rest: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&schema.to_le_bytes()), rest)
+}
+
+/// Decodes a key's stored state in any schema, checking its invariants.
 pub fn decode_state(bytes: &[u8]) -> Result<KeyState, Error> {
-    let state: KeyState = decode(bytes)?;
+    if bytes.len() < 6 {
+        return Err(Error::Storage(format!(
+            "record of {} bytes is too short",
+            bytes.len()
+        )));
+    }
+    let schema = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let body: alloc::borrow::Cow<'_, [u8]> = match schema {
+        1 => unframe_v1(bytes)?.into(),
+        2 | 3 => {
+            let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+            let rest = &bytes[6..];
+            if checksum_v2(schema, rest) != crc {
+                return Err(Error::Storage("checksum mismatch".into()));
+            }
+            match rest.split_first() {
+                Some((0, payload)) => payload.into(),
+                Some((1, payload)) => zstd::bulk::decompress(payload, MAX_PAYLOAD)
+                    .map_err(|e| Error::Storage(format!("decompression: {e}")))?
+                    .into(),
+                Some((c, _)) => return Err(Error::Storage(format!("unknown codec {c}"))),
+                None => return Err(Error::Storage("empty payload".into())),
+            }
+        }
+        s => {
+            return Err(Error::Storage(format!(
+                "record written in schema {s}; this build reads schemas {}..={}",
+                SCHEMAS.start(),
+                SCHEMAS.end()
+            )))
+        }
+    };
+    let state: KeyState =
+        postcard::from_bytes(&body).map_err(|e| Error::Storage(format!("body: {e}")))?;
     if !state.is_well_formed() {
         return Err(Error::Storage("key state violates its invariants".into()));
     }
@@ -115,15 +248,31 @@ pub fn decode_state(bytes: &[u8]) -> Result<KeyState, Error> {
 
 /// Decodes any record by its key.
 pub fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, Error> {
-    match key.first() {
-        Some(b'm') if key == META_KEY => Ok(Record::Meta(decode(value)?)),
-        Some(&DATA) => Ok(Record::Data {
-            key: Bytes::copy_from_slice(&key[1..]),
-            state: decode_state(value)?,
-        }),
-        Some(&HINT) if key.len() >= 5 => Ok(Record::Hint {
-            target: NodeId(u32::from_be_bytes([key[1], key[2], key[3], key[4]])),
-            key: Bytes::copy_from_slice(&key[5..]),
+    match key {
+        META_KEY => Ok(Record::Meta(decode_frozen(value)?)),
+        PROGRESS_KEY => Ok(Record::Progress(decode_frozen(value)?)),
+        RESTORED_KEY => {
+            unframe_v1(value)?;
+            Ok(Record::Restored)
+        }
+        [DATA, s, rest @ ..] if SCHEMAS.contains(&(*s as u16)) => {
+            let schema = *s as u16;
+            let user = if schema >= 3 {
+                rest.get(2..)
+                    .ok_or_else(|| Error::Storage("schema 3 key without a partition".into()))?
+            } else {
+                rest
+            };
+            Ok(Record::Data {
+                schema,
+                key: Bytes::copy_from_slice(user),
+                state: decode_state(value)?,
+            })
+        }
+        [HINT, s, a, b, c, d, user @ ..] if SCHEMAS.contains(&(*s as u16)) => Ok(Record::Hint {
+            schema: *s as u16,
+            target: NodeId(u32::from_be_bytes([*a, *b, *c, *d])),
+            key: Bytes::copy_from_slice(user),
             state: decode_state(value)?,
         }),
         _ => Err(Error::Storage(format!(
@@ -138,7 +287,7 @@ mod tests {
     use super::*;
     use crate::dvv::{Actor, Dot, VersionVector};
 
-    fn state() -> KeyState {
+    fn state(len: usize) -> KeyState {
         let mut s = KeyState::new();
         let d = Dot {
             actor: Actor {
@@ -147,53 +296,79 @@ mod tests {
             },
             counter: 9,
         };
-        s.apply_write(&VersionVector::new(), d, Some(Bytes::from_static(b"v")));
+        s.apply_write(
+            &VersionVector::new(),
+            d,
+            Some(Bytes::from(alloc::vec![b'x'; len])),
+        );
         s
     }
 
     #[test]
-    fn records_round_trip() {
-        let s = state();
-        let k = data_key(b"user");
-        assert_eq!(
-            decode_record(&k, &encode_state(&s)).unwrap(),
-            Record::Data {
-                key: Bytes::from_static(b"user"),
-                state: s.clone()
+    fn records_round_trip_in_every_schema() {
+        for schema in SCHEMAS {
+            for len in [1, 4000] {
+                let s = state(len);
+                let k = data_key(schema, 7, b"user");
+                assert_eq!(key_schema(&k), Some(schema));
+                assert_eq!(
+                    decode_record(&k, &encode_state(schema, &s)).unwrap(),
+                    Record::Data {
+                        schema,
+                        key: Bytes::from_static(b"user"),
+                        state: s.clone()
+                    }
+                );
+                let hk = hint_key(schema, NodeId(7), b"user");
+                assert!(matches!(
+                    decode_record(&hk, &encode_state(schema, &s)).unwrap(),
+                    Record::Hint {
+                        target: NodeId(7),
+                        ..
+                    }
+                ));
             }
-        );
-        let hk = hint_key(NodeId(7), b"user");
-        assert!(matches!(
-            decode_record(&hk, &encode_state(&s)).unwrap(),
-            Record::Hint {
-                target: NodeId(7),
-                ..
-            }
-        ));
+        }
         let m = Meta {
             epoch: 4,
             next_counter: 10,
             clean: true,
+            schema: 2,
+            cluster_version: "0.2.0".into(),
+            generation: 3,
         };
         assert_eq!(
             decode_record(META_KEY, &encode_meta(&m)).unwrap(),
             Record::Meta(m)
         );
+        assert_eq!(
+            decode_record(RESTORED_KEY, &restored_marker()).unwrap(),
+            Record::Restored
+        );
+    }
+
+    #[test]
+    fn compression_shrinks_large_values() {
+        let s = state(4000);
+        assert!(encode_state(2, &s).len() < encode_state(1, &s).len() / 4);
     }
 
     #[test]
     fn corruption_is_detected() {
-        let bytes = encode_state(&state());
-        for i in 0..bytes.len() {
-            let mut b = bytes.to_vec();
-            b[i] ^= 0x40;
-            assert!(
-                decode_record(&data_key(b"k"), &b).is_err(),
-                "flip at {i} undetected"
-            );
+        for schema in SCHEMAS {
+            let bytes = encode_state(schema, &state(300));
+            for i in 0..bytes.len() {
+                let mut b = bytes.to_vec();
+                b[i] ^= 0x40;
+                assert!(
+                    decode_record(&data_key(schema, 0, b"k"), &b).is_err(),
+                    "schema {schema}: flip at {i} undetected"
+                );
+            }
+            assert!(decode_record(&data_key(schema, 0, b"k"), &bytes[..bytes.len() - 1]).is_err());
         }
-        assert!(decode_record(&data_key(b"k"), &bytes[..bytes.len() - 1]).is_err());
-        assert!(decode_record(b"zzz", &bytes).is_err());
+        assert!(decode_record(b"zzz", &[0; 8]).is_err());
         assert!(decode_record(b"", &[]).is_err());
+        assert!(decode_record(&[DATA, 9, 1], &encode_state(1, &state(1))).is_err());
     }
 }

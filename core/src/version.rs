@@ -34,19 +34,31 @@ impl core::fmt::Display for ProtocolRange {
     }
 }
 
-/// A capability a release has; wire features are used with a peer only when
-/// the negotiated protocol carries them.
+/// A capability a release has. A feature is used only once the active
+/// cluster version is a release that has it (finalization) and, for wire
+/// features, with peers whose negotiated protocol carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Feature {
     /// Hints are delivered many to a message (protocol 2).
     HintBatch,
+    /// Stored values are zstd-compressed (schema 2).
+    CompressedValues,
+    /// Reads fetch one full copy and digests from the other replicas,
+    /// fetching more only when digests disagree (protocol 3).
+    DigestReads,
+    /// Data records are laid out by partition, one contiguous storage range
+    /// per partition (schema 3).
+    PartitionedKeys,
 }
 
 impl Feature {
-    /// The lowest protocol version that carries this feature on the wire.
-    pub const fn min_protocol(self) -> u16 {
+    /// The lowest protocol version that carries this feature on the wire, if
+    /// it is a wire feature.
+    pub const fn min_protocol(self) -> Option<u16> {
         match self {
-            Feature::HintBatch => 2,
+            Feature::HintBatch => Some(2),
+            Feature::DigestReads => Some(3),
+            Feature::CompressedValues | Feature::PartitionedKeys => None,
         }
     }
 }
@@ -56,7 +68,8 @@ impl Feature {
 pub struct Release {
     pub version: &'static str,
     pub protocols: ProtocolRange,
-    /// The on-disk schema this release writes.
+    /// The on-disk schema this release writes once the cluster is finalized
+    /// at it. It also reads the schema before, to migrate from it.
     pub schema: u16,
     pub features: &'static [Feature],
 }
@@ -65,9 +78,19 @@ impl Release {
     pub fn has(&self, f: Feature) -> bool {
         self.features.contains(&f)
     }
+
+    /// The schemas this release can open.
+    pub fn reads_schema(&self, schema: u16) -> bool {
+        schema == self.schema || schema + 1 == self.schema
+    }
 }
 
 /// Every release, oldest first. The last row is what this build is.
+///
+/// Skew policy: each release speaks the protocol of the release before it,
+/// so a cluster can be upgraded one node at a time from one release to the
+/// next; releases further apart share no protocol and refuse each other at
+/// the handshake, naming both ranges.
 pub const RELEASES: &[Release] = &[
     Release {
         version: "0.1.0",
@@ -78,8 +101,19 @@ pub const RELEASES: &[Release] = &[
     Release {
         version: "0.2.0",
         protocols: ProtocolRange::new(1, 2),
-        schema: 1,
-        features: &[Feature::HintBatch],
+        schema: 2,
+        features: &[Feature::HintBatch, Feature::CompressedValues],
+    },
+    Release {
+        version: "0.3.0",
+        protocols: ProtocolRange::new(2, 3),
+        schema: 3,
+        features: &[
+            Feature::HintBatch,
+            Feature::CompressedValues,
+            Feature::DigestReads,
+            Feature::PartitionedKeys,
+        ],
     },
 ];
 
@@ -96,6 +130,14 @@ impl ReleaseId {
     }
     pub fn release(self) -> &'static Release {
         self.get().unwrap_or(&RELEASES[RELEASES.len() - 1])
+    }
+    pub fn version(self) -> &'static str {
+        self.release().version
+    }
+    /// The oldest active cluster version this release can serve in: the
+    /// release before it (it cannot talk to anything older).
+    pub fn min_cluster_version(self) -> ReleaseId {
+        ReleaseId(self.0.saturating_sub(1))
     }
     pub fn by_version(v: &str) -> Option<ReleaseId> {
         RELEASES
@@ -149,7 +191,19 @@ mod tests {
         }
         for r in RELEASES {
             for f in r.features {
-                assert!(r.protocols.contains(f.min_protocol()));
+                if let Some(p) = f.min_protocol() {
+                    assert!(r.protocols.contains(p));
+                }
+            }
+        }
+        // Each release talks to the one before it, and not further back.
+        for w in RELEASES.windows(2) {
+            assert!(negotiate(w[1].version, w[1].protocols, w[0].version, w[0].protocols).is_ok());
+            assert!(w[1].reads_schema(w[0].schema));
+        }
+        for (i, a) in RELEASES.iter().enumerate() {
+            for b in RELEASES.iter().skip(i + 2) {
+                assert!(negotiate(a.version, a.protocols, b.version, b.protocols).is_err());
             }
         }
     }

@@ -5,7 +5,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use cairn_core::api::{Input, IoResult, Output, ReadRequest, Request, Response};
-use cairn_core::{Event, Node, NodeConfig, NodeId, RequestId, Time, VersionVector};
+use cairn_core::node::Phase;
+use cairn_core::version::ReleaseId;
+use cairn_core::{
+    AdminCommand, BackupInfo, Event, Node, NodeConfig, NodeId, RequestId, Time, VersionVector,
+};
 
 struct Disk {
     durable: BTreeMap<Bytes, Bytes>,
@@ -14,6 +18,9 @@ struct Disk {
 
 struct Cluster {
     now: Time,
+    releases: BTreeMap<NodeId, ReleaseId>,
+    initial_cv: ReleaseId,
+    backups: BTreeMap<NodeId, Vec<(BackupInfo, BTreeMap<Bytes, Bytes>)>>,
     nodes: BTreeMap<NodeId, Option<Node>>,
     disks: BTreeMap<NodeId, Disk>,
     timers: BTreeMap<NodeId, Time>,
@@ -28,9 +35,16 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: u32) -> Cluster {
+        Cluster::with_release(n, ReleaseId::current())
+    }
+
+    fn with_release(n: u32, release: ReleaseId) -> Cluster {
         let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut c = Cluster {
             now: Time::from_millis(1),
+            releases: members.iter().map(|&m| (m, release)).collect(),
+            initial_cv: release,
+            backups: BTreeMap::new(),
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
             timers: BTreeMap::new(),
@@ -56,7 +70,9 @@ impl Cluster {
     }
 
     fn start(&mut self, id: NodeId) {
-        let cfg = NodeConfig::new(id, self.members.clone(), 7 + id.0 as u64);
+        let mut cfg = NodeConfig::new(id, self.members.clone(), 7 + id.0 as u64);
+        cfg.release = self.releases[&id];
+        cfg.initial_cluster_version = Some(self.initial_cv);
         let node = Node::new(cfg, self.now);
         self.nodes.insert(id, Some(node));
         self.drain(id);
@@ -132,6 +148,18 @@ impl Cluster {
                     self.replies.insert(rid, response);
                 }
                 Output::Event(e) => self.events.push((id, e)),
+                Output::Backup { io, info } => {
+                    let snapshot = self.disks[&id].durable.clone();
+                    self.backups.entry(id).or_default().push((info, snapshot));
+                    self.queue.push_back((
+                        id,
+                        Input::IoDone {
+                            now: self.now,
+                            io,
+                            result: IoResult::Synced,
+                        },
+                    ));
+                }
             }
         }
     }
@@ -189,6 +217,63 @@ impl Cluster {
         panic!("no reply to request {id:?}");
     }
 
+    fn node(&self, id: u32) -> &Node {
+        self.nodes[&NodeId(id)].as_ref().expect("node is running")
+    }
+
+    /// Clean restart, possibly as another release.
+    fn restart_as(&mut self, id: u32, release: ReleaseId) {
+        let id = NodeId(id);
+        self.queue
+            .push_back((id, Input::Shutdown { now: self.now }));
+        self.run_for(20);
+        self.crash(id);
+        self.releases.insert(id, release);
+        self.start(id);
+        self.run_for(1000);
+    }
+
+    fn admin(&mut self, at: u32, command: AdminCommand) -> Response {
+        let id = RequestId(self.next_req);
+        self.next_req += 1;
+        self.queue.push_back((
+            NodeId(at),
+            Input::Admin {
+                now: self.now,
+                id,
+                command,
+            },
+        ));
+        for _ in 0..3000 {
+            self.run_for(1);
+            if let Some(r) = self.replies.remove(&id) {
+                return r;
+            }
+        }
+        panic!("no reply to admin command");
+    }
+
+    fn finalize(&mut self, at: u32, target: &str) -> Response {
+        self.admin(
+            at,
+            AdminCommand::Finalize {
+                target: Some(target.into()),
+            },
+        )
+    }
+
+    /// Schemas of the data records on a node's disk.
+    fn disk_schemas(&self, id: u32) -> Vec<u16> {
+        let mut s: Vec<u16> = self.disks[&NodeId(id)]
+            .durable
+            .keys()
+            .filter(|k| k.first() == Some(&b'd'))
+            .filter_map(|k| cairn_core::storage::key_schema(k))
+            .collect();
+        s.dedup();
+        s
+    }
+
     fn get(&mut self, at: u32, key: &str) -> (Vec<Bytes>, VersionVector) {
         match self.request(
             NodeId(at),
@@ -227,7 +312,7 @@ fn nodes_start_and_connect() {
         let n = n.as_ref().unwrap();
         assert!(n.is_serving(), "{id} not serving");
         assert!(
-            n.peers().iter().all(|p| p.protocol == Some(2) && p.up),
+            n.peers().iter().all(|p| p.protocol == Some(3) && p.up),
             "{id}: {:?}",
             n.peers()
         );
@@ -368,4 +453,178 @@ fn anti_entropy_repairs_a_replica_that_lost_its_data() {
         );
     }
     assert_eq!(n3.keys().count(), 20);
+}
+
+fn release(v: &str) -> ReleaseId {
+    ReleaseId::by_version(v).unwrap()
+}
+
+#[test]
+fn rolling_upgrade_with_finalization_migrates_every_node() {
+    let mut c = Cluster::with_release(3, release("0.1.0"));
+    for i in 0..30 {
+        assert_eq!(
+            c.put(
+                1 + i % 3,
+                &format!("k{i}"),
+                &format!("v{i}"),
+                VersionVector::new()
+            ),
+            Response::Written
+        );
+    }
+    c.restart_as(1, release("0.2.0"));
+    assert!(c.node(1).is_serving());
+    assert_eq!(
+        c.disk_schemas(1),
+        vec![1],
+        "no new format before finalization"
+    );
+    match c.finalize(1, "0.2.0") {
+        Response::Error(cairn_core::ClientError::Refused(why)) => {
+            assert!(why.contains("runs 0.1.0"), "{why}")
+        }
+        other => panic!("finalize should be refused: {other:?}"),
+    }
+    c.restart_as(2, release("0.2.0"));
+    c.restart_as(3, release("0.2.0"));
+    c.run_for(2000);
+    assert_eq!(
+        c.finalize(2, "0.2.0"),
+        Response::Finalized {
+            cluster_version: "0.2.0".into()
+        }
+    );
+    c.run_for(3000);
+    for id in 1..=3 {
+        assert_eq!(c.node(id).schema(), 2, "n{id} not migrated");
+        assert_eq!(c.disk_schemas(id), vec![2]);
+        assert!(c.node(id).is_serving());
+        assert!(
+            !c.backups[&NodeId(id)].is_empty(),
+            "no backup before migration"
+        );
+    }
+    for i in 0..30 {
+        assert_eq!(
+            c.get(1 + i % 3, &format!("k{i}")).0,
+            vec![b(&format!("v{i}"))]
+        );
+    }
+    // Then on to 0.3.0.
+    for id in 1..=3 {
+        c.restart_as(id, release("0.3.0"));
+        assert!(c.node(id).is_serving(), "{:?}", c.node(id).refusal());
+    }
+    assert_eq!(
+        c.finalize(3, "0.3.0"),
+        Response::Finalized {
+            cluster_version: "0.3.0".into()
+        }
+    );
+    c.run_for(3000);
+    for id in 1..=3 {
+        assert_eq!(c.disk_schemas(id), vec![3]);
+    }
+    for i in 0..30 {
+        assert_eq!(
+            c.get(1 + i % 3, &format!("k{i}")).0,
+            vec![b(&format!("v{i}"))]
+        );
+    }
+}
+
+#[test]
+fn rollback_before_finalization_loses_nothing() {
+    let mut c = Cluster::with_release(3, release("0.1.0"));
+    c.restart_as(1, release("0.2.0"));
+    assert_eq!(
+        c.put(1, "k", "written by 0.2", VersionVector::new()),
+        Response::Written
+    );
+    c.restart_as(1, release("0.1.0"));
+    assert!(c.node(1).is_serving());
+    assert_eq!(
+        c.node(1).key_state(b"k").map(|s| s.values().count()),
+        Some(1)
+    );
+}
+
+#[test]
+fn downgrade_after_finalization_is_refused() {
+    let mut c = Cluster::with_release(3, release("0.1.0"));
+    for id in 1..=3 {
+        c.restart_as(id, release("0.2.0"));
+    }
+    c.run_for(2000);
+    assert_eq!(
+        c.finalize(1, "0.2.0"),
+        Response::Finalized {
+            cluster_version: "0.2.0".into()
+        }
+    );
+    c.run_for(2000);
+    c.restart_as(2, release("0.1.0"));
+    let n2 = c.node(2);
+    assert_eq!(n2.phase(), Phase::Refusing);
+    let why = n2.refusal().unwrap();
+    assert!(
+        why.contains("schema 2") || why.contains("older than the active cluster version"),
+        "{why}"
+    );
+}
+
+#[test]
+fn restore_from_backup_learns_its_epochs_from_peers() {
+    let mut c = Cluster::new(3);
+    assert!(matches!(
+        c.admin(2, AdminCommand::Backup),
+        Response::BackedUp { .. }
+    ));
+    // Crash twice: epochs move on past the backup's.
+    for _ in 0..2 {
+        c.crash(NodeId(2));
+        c.start(NodeId(2));
+        c.run_for(500);
+        assert_eq!(
+            c.put(2, "after", "x", VersionVector::new()),
+            Response::Written
+        );
+    }
+    let used = c.node(2).epoch();
+    c.crash(NodeId(2));
+    let snapshot = c.backups[&NodeId(2)][0].1.clone();
+    let disk = c.disks.get_mut(&NodeId(2)).unwrap();
+    disk.durable = snapshot;
+    disk.durable.insert(
+        Bytes::from_static(cairn_core::storage::RESTORED_KEY),
+        cairn_core::storage::restored_marker(),
+    );
+    c.start(NodeId(2));
+    c.run_for(3000);
+    let n2 = c.node(2);
+    assert!(n2.is_serving(), "{:?}", n2.phase());
+    assert!(
+        n2.epoch() > used,
+        "epoch {} reuses one used since the backup ({used})",
+        n2.epoch()
+    );
+    assert!(c
+        .events
+        .iter()
+        .any(|(n, e)| *n == NodeId(2) && matches!(e, Event::EpochLearned { .. })));
+}
+
+#[test]
+fn a_data_directory_from_a_newer_schema_is_refused() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    c.restart_as(1, release("0.1.0"));
+    let n1 = c.node(1);
+    assert_eq!(n1.phase(), Phase::Refusing);
+    assert!(
+        n1.refusal().unwrap().contains("schema 3"),
+        "{:?}",
+        n1.refusal()
+    );
 }

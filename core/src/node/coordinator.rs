@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::api::{ClientError, Context, Event, Request, Response};
 use crate::dvv::{Actor, Dot, KeyState};
 use crate::types::{NodeId, RequestId, Time};
+use crate::version::Feature;
 use crate::wire::{self, Message};
 
 use super::durability::Deferred;
@@ -37,10 +38,36 @@ pub(crate) struct GetOp {
     client: Client,
     key: Bytes,
     replicas: Vec<NodeId>,
-    replies: Vec<(NodeId, u64)>,
+    replies: Vec<GetReply>,
+    /// Digests of the full states received: a digest reply equal to one of
+    /// them is known to be contained in the merged state.
+    full_digests: Vec<u64>,
+    /// Replicas asked again for their full state after a digest mismatch.
+    refetching: Vec<NodeId>,
     merged: KeyState,
     answered: bool,
     started: Time,
+}
+
+#[derive(Clone, Copy)]
+struct GetReply {
+    node: NodeId,
+    digest: u64,
+    full: bool,
+}
+
+impl GetOp {
+    /// Replies whose state is known to be in the merged state.
+    fn included(&self) -> usize {
+        self.replies
+            .iter()
+            .filter(|r| r.full || self.full_digests.contains(&r.digest))
+            .count()
+    }
+
+    fn complete(&self) -> bool {
+        self.replies.len() == self.replicas.len() && self.refetching.is_empty()
+    }
 }
 
 pub(crate) struct PutOp {
@@ -226,16 +253,37 @@ impl Node {
             key: key.clone(),
             replicas: replicas.clone(),
             replies: Vec::with_capacity(replicas.len()),
+            full_digests: Vec::new(),
+            refetching: Vec::new(),
             merged: KeyState::new(),
             answered: false,
             started: self.now,
         };
         self.ops.insert(req, Op::Get(op));
         self.set_deadline(req, self.now + self.cfg.timing.request_timeout);
+        // Digest reads: one full copy (ours if we are a replica), digests
+        // from the rest, once the whole cluster speaks protocol 3.
+        let digests = self.feature_active(Feature::DigestReads)
+            && replicas.iter().all(|&r| {
+                r == self.cfg.id || self.peer_protocol(r) >= Feature::DigestReads.min_protocol()
+            });
+        let full_from = if replicas.contains(&self.cfg.id) {
+            Some(self.cfg.id)
+        } else {
+            replicas.iter().copied().find(|&r| self.peer_usable(r))
+        };
         for r in replicas {
             if r == self.cfg.id {
                 let state = self.store.get(&key).cloned().unwrap_or_default();
                 self.get_reply(req, r, state);
+            } else if digests && Some(r) != full_from {
+                self.send(
+                    r,
+                    Message::ReplicaDigest(wire::ReplicaDigest {
+                        req,
+                        key: key.clone(),
+                    }),
+                );
             } else {
                 self.send(
                     r,
@@ -256,18 +304,89 @@ impl Node {
         self.get_reply(m.req, from, m.state);
     }
 
+    pub(super) fn handle_replica_digest(&mut self, from: NodeId, m: wire::ReplicaDigest) {
+        let digest = self
+            .store
+            .digest(&m.key)
+            .unwrap_or_else(|| KeyState::new().digest());
+        self.send(
+            from,
+            Message::ReplicaDigestReply(wire::ReplicaDigestReply {
+                req: m.req,
+                key: m.key,
+                digest,
+            }),
+        );
+    }
+
+    pub(super) fn handle_replica_digest_reply(
+        &mut self,
+        from: NodeId,
+        m: wire::ReplicaDigestReply,
+    ) {
+        let Some(Op::Get(op)) = self.ops.get_mut(&m.req) else {
+            return;
+        };
+        if !op.replicas.contains(&from) || op.replies.iter().any(|r| r.node == from) {
+            return;
+        }
+        op.replies.push(GetReply {
+            node: from,
+            digest: m.digest,
+            full: false,
+        });
+        if !op.full_digests.contains(&m.digest) {
+            // It holds something the full copy does not: fetch it.
+            op.refetching.push(from);
+            let key = op.key.clone();
+            self.send(
+                from,
+                Message::ReplicaGet(wire::ReplicaGet { req: m.req, key }),
+            );
+        }
+        self.get_progress(m.req);
+    }
+
     fn get_reply(&mut self, req: u64, from: NodeId, state: KeyState) {
+        let Some(Op::Get(op)) = self.ops.get_mut(&req) else {
+            return;
+        };
+        if !op.replicas.contains(&from) {
+            return;
+        }
+        let digest = state.digest();
+        match op.replies.iter().position(|r| r.node == from) {
+            Some(i) if op.replies[i].full => return,
+            Some(i) => {
+                op.replies[i] = GetReply {
+                    node: from,
+                    digest,
+                    full: true,
+                };
+                op.refetching.retain(|&n| n != from);
+            }
+            None => op.replies.push(GetReply {
+                node: from,
+                digest,
+                full: true,
+            }),
+        }
+        if !op.full_digests.contains(&digest) {
+            op.full_digests.push(digest);
+        }
+        op.merged.merge(&state);
+        self.get_progress(req);
+    }
+
+    /// Answers once R replies are known to be in the merged state; finishes
+    /// once every replica has answered.
+    fn get_progress(&mut self, req: u64) {
         let r = self.cfg.quorum.r as usize;
         let Some(Op::Get(op)) = self.ops.get_mut(&req) else {
             return;
         };
-        if !op.replicas.contains(&from) || op.replies.iter().any(|(n, _)| *n == from) {
-            return;
-        }
-        op.replies.push((from, state.digest()));
-        op.merged.merge(&state);
-        let all = op.replies.len() == op.replicas.len();
-        if !op.answered && op.replies.len() >= r {
+        let complete = op.complete();
+        if !op.answered && op.included() >= r {
             op.answered = true;
             let response = Response::Read {
                 siblings: op.merged.siblings().to_vec(),
@@ -276,13 +395,13 @@ impl Node {
             let client = op.client;
             let window_end = op.started.max(self.now) + self.cfg.timing.read_repair_window;
             self.answer(client, response);
-            if !all {
+            if !complete {
                 // Keep listening a little longer, for read repair.
                 self.deadlines.retain(|&(_, o)| o != req);
                 self.set_deadline(req, window_end);
             }
         }
-        if all {
+        if complete {
             self.finish_get(req);
         }
     }
@@ -295,7 +414,7 @@ impl Node {
         self.deadlines.retain(|&(_, o)| o != req);
         if !op.answered {
             let err = ClientError::Timeout {
-                acks: op.replies.len() as u8,
+                acks: op.included() as u8,
                 needed: self.cfg.quorum.r,
             };
             self.metrics.quorum_timeouts += 1;
@@ -306,7 +425,7 @@ impl Node {
             return;
         }
         let merged_digest = op.merged.digest();
-        for &(node, digest) in &op.replies {
+        for &GetReply { node, digest, .. } in &op.replies {
             if digest == merged_digest {
                 continue;
             }

@@ -30,6 +30,15 @@ pub(crate) enum Deferred {
     Serve,
     /// A clean shutdown persisted its metadata.
     ShutdownDone,
+    /// The last migration step is durable: take the next.
+    Migrate,
+    /// Take a backup for this admin request.
+    Backup(crate::types::RequestId),
+    /// A higher cluster version is durable: act on it.
+    ActivateClusterVersion {
+        version: crate::version::ReleaseId,
+        reply: Option<crate::types::RequestId>,
+    },
 }
 
 #[derive(Default)]

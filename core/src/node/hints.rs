@@ -40,9 +40,9 @@ impl Node {
             None => KeyState::new(),
         };
         hint.merge(state);
-        let bytes = storage::encode_state(&hint);
+        let bytes = storage::encode_state(self.schema, &hint);
         self.hints.insert(slot, hint);
-        self.write_record(storage::hint_key(target, key), Some(bytes));
+        self.write_record(storage::hint_key(self.schema, target, key), Some(bytes));
         self.metrics.hints_stored += 1;
         self.emit(Event::HintStored {
             target,
@@ -85,8 +85,13 @@ impl Node {
                 }),
             );
             self.set_deadline(op, self.now + self.cfg.timing.request_timeout);
-            let batch = self.release.has(Feature::HintBatch)
-                && self.peer_protocol(target) >= Some(Feature::HintBatch.min_protocol());
+            let batch = if self.bugs().new_message_before_finalization {
+                // Planted bug: trust our own release, not the cluster's.
+                self.release.has(Feature::HintBatch)
+            } else {
+                self.feature_active(Feature::HintBatch)
+                    && self.peer_protocol(target) >= Feature::HintBatch.min_protocol()
+            };
             if batch {
                 self.send(
                     target,
@@ -117,7 +122,7 @@ impl Node {
             .collect();
         for key in keys {
             self.hints.remove(&(target, key.clone()));
-            self.write_record(storage::hint_key(target, &key), None);
+            self.write_record(storage::hint_key(self.schema, target, &key), None);
         }
     }
 
@@ -141,7 +146,7 @@ impl Node {
             let slot = (from, key);
             if self.hints.get(&slot).map(KeyState::digest) == Some(digest) {
                 self.hints.remove(&slot);
-                self.write_record(storage::hint_key(from, &slot.1), None);
+                self.write_record(storage::hint_key(self.schema, from, &slot.1), None);
                 self.metrics.hints_delivered += 1;
                 self.emit(Event::HintDelivered {
                     target: from,

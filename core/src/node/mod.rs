@@ -10,7 +10,8 @@
 //! - [`peers`]: handshake, gossip and failure detection.
 //! - [`durability`]: group commit and work held until durable.
 //! - [`store`]: in-memory key states and Merkle trees.
-//! - [`recovery`]: start-up, epochs and clean shutdown.
+//! - [`recovery`]: start-up, epochs, restores and clean shutdown.
+//! - [`versions`]: cluster version, finalization, migrations and backups.
 
 mod anti_entropy;
 mod coordinator;
@@ -20,6 +21,7 @@ mod peers;
 mod recovery;
 mod replica;
 mod store;
+mod versions;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
@@ -33,7 +35,7 @@ use crate::dvv::KeyState;
 use crate::ring::Ring;
 use crate::storage;
 use crate::types::{Duration, IoId, NodeId, Time};
-use crate::version::Release;
+use crate::version::{Release, ReleaseId};
 use crate::wire::{self, Decoded, Message};
 
 use coordinator::Op;
@@ -42,6 +44,8 @@ use peers::Peer;
 use store::Store;
 
 pub use crate::wire::Health;
+pub use peers::PeerView;
+pub use versions::MAX_ATTEMPTS as MAX_MIGRATION_ATTEMPTS;
 
 /// Where a node is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +54,14 @@ pub enum Phase {
     Loading,
     /// Storage read; waiting for the new metadata to be durable.
     Recovering,
+    /// Restored from backup: learning from peers which epochs were used since.
+    Rejoining,
+    /// Rewriting the data in a new schema; not serving.
+    Migrating,
     Serving,
+    /// Will not serve: too old for the cluster, data it cannot open, or a
+    /// migration that keeps failing. [`Node::refusal`] says why.
+    Refusing,
     /// A clean shutdown is persisting its metadata.
     Draining,
     /// Clean shutdown complete; the node does nothing more.
@@ -84,6 +95,9 @@ pub struct Metrics {
     pub syncs: u64,
 }
 
+/// The wire type code of gossip, accepted in every phase that talks to peers.
+const GOSSIP_TYPE: u16 = 4;
+
 /// Periodic work and when it next runs.
 #[derive(Clone, Copy, Debug)]
 struct Timers {
@@ -114,7 +128,29 @@ pub struct Node {
     deadlines: BTreeSet<(Time, u64)>,
     hints: BTreeMap<(NodeId, Bytes), KeyState>,
     peers: BTreeMap<NodeId, Peer>,
+    /// The schema of the live records.
+    schema: u16,
+    /// The active cluster version (persisted before it was set).
+    cluster_version: ReleaseId,
+    /// A higher cluster version being persisted.
+    pending_cluster_version: Option<ReleaseId>,
+    refusal: Option<String>,
+    migration: Option<versions::Migration>,
+    migration_attempts: u32,
+    migration_error: Option<String>,
+    /// Records already written in the target schema by an interrupted
+    /// migration: key -> state digest.
+    resume: BTreeMap<Bytes, u64>,
+    backups: BTreeMap<IoId, (crate::api::BackupInfo, versions::BackupFor)>,
+    /// Restored from backup and not yet past rejoining.
+    restored: bool,
+    rejoin_waiting: BTreeSet<NodeId>,
+    learned_epoch: u32,
+    /// The highest epoch seen of every node, from gossip and data.
+    epochs_seen: BTreeMap<NodeId, u32>,
     heartbeat: u64,
+    /// Starts of this node so far, this one included.
+    generation: u64,
     /// The next partition anti-entropy looks at.
     ae_cursor: usize,
     timers: Timers,
@@ -155,7 +191,21 @@ impl Node {
             deadlines: BTreeSet::new(),
             hints: BTreeMap::new(),
             peers,
+            schema: cfg.release.release().schema,
+            cluster_version: cfg.release,
+            pending_cluster_version: None,
+            refusal: None,
+            migration: None,
+            migration_attempts: 0,
+            migration_error: None,
+            resume: BTreeMap::new(),
+            backups: BTreeMap::new(),
+            restored: false,
+            rejoin_waiting: BTreeSet::new(),
+            learned_epoch: 0,
+            epochs_seen: BTreeMap::new(),
             heartbeat: 0,
+            generation: 0,
             ae_cursor: 0,
             timers: Timers {
                 gossip: now,
@@ -230,8 +280,10 @@ impl Node {
     }
     pub fn health(&self) -> Health {
         match self.phase {
-            Phase::Loading | Phase::Recovering => Health::Starting,
+            Phase::Loading | Phase::Recovering | Phase::Rejoining => Health::Starting,
             Phase::Serving => Health::Serving,
+            Phase::Migrating => Health::Migrating,
+            Phase::Refusing => Health::Refusing,
             Phase::Draining | Phase::Stopped => Health::Draining,
             Phase::Halted => Health::Halted,
         }
@@ -265,6 +317,10 @@ impl Node {
                 self.advance(now);
                 self.begin_shutdown();
             }
+            Input::Admin { now, id, command } => {
+                self.advance(now);
+                self.handle_admin(id, command);
+            }
         }
         self.flush();
     }
@@ -290,14 +346,22 @@ impl Node {
             Err(e) => return self.undecodable(from, e),
         };
         let handshake = wire::is_handshake_type(header.msg_type);
-        if !handshake && (self.phase != Phase::Serving || !self.peer_ready(from)) {
-            // A peer we have no agreed protocol with (it restarted, or we did):
-            // drop rather than guess, and say hello.
-            self.metrics.dropped_before_handshake += 1;
-            if self.phase == Phase::Serving {
-                self.maybe_hello(from);
-            }
+        if handshake && !self.talks_to_peers() {
             return;
+        }
+        if !handshake {
+            if !self.peer_ready(from) {
+                // A peer we have no agreed protocol with (it restarted, or we
+                // did): drop rather than guess, and say hello.
+                self.metrics.dropped_before_handshake += 1;
+                self.maybe_hello(from);
+                return;
+            }
+            let gossip = header.msg_type == GOSSIP_TYPE;
+            if self.phase != Phase::Serving && !(gossip && self.talks_to_peers()) {
+                self.metrics.dropped_before_handshake += 1;
+                return;
+            }
         }
         match wire::decode(
             bytes,
@@ -345,11 +409,17 @@ impl Node {
             Message::ReapCommit(m) => self.handle_reap_commit(from, m),
             Message::HintBatch(m) => self.handle_hint_batch(from, m),
             Message::HintBatchAck(m) => self.handle_hint_batch_ack(from, m),
+            Message::ReplicaDigest(m) => self.handle_replica_digest(from, m),
+            Message::ReplicaDigestReply(m) => self.handle_replica_digest_reply(from, m),
         }
     }
 
     fn handle_io(&mut self, io: IoId, result: IoResult) {
         match result {
+            IoResult::Failed(reason) if self.backups.contains_key(&io) => {
+                self.backup_done(io, Err(reason));
+            }
+            IoResult::Synced if self.backups.contains_key(&io) => self.backup_done(io, Ok(())),
             IoResult::Failed(reason) => {
                 // A failed sync leaves durability unknown: stop, and let the
                 // restart (which bumps the epoch) sort it out.
@@ -383,7 +453,7 @@ impl Node {
             self.deadlines.pop_first();
             self.op_deadline(op);
         }
-        if self.phase != Phase::Serving {
+        if !self.talks_to_peers() {
             return;
         }
         if now >= self.timers.handshake {
@@ -394,6 +464,9 @@ impl Node {
             let d = self.jitter(self.cfg.timing.gossip_interval);
             self.timers.gossip = now + d;
             self.gossip_round();
+        }
+        if self.phase != Phase::Serving {
+            return;
         }
         if now >= self.timers.hints {
             self.timers.hints = now + self.cfg.timing.hint_retry;
@@ -428,15 +501,16 @@ impl Node {
             at = t;
             why = "request deadline";
         }
-        if self.phase == Phase::Serving {
-            for (t, w) in [
-                (self.timers.handshake, "handshake retry"),
-                (self.timers.gossip, "gossip"),
-                (self.timers.hints, "hint delivery"),
-                (self.timers.anti_entropy, "anti-entropy"),
-                (self.timers.reap, "tombstone reaping"),
+        if self.talks_to_peers() {
+            let serving = self.phase == Phase::Serving;
+            for (t, w, needs_serving) in [
+                (self.timers.handshake, "handshake retry", false),
+                (self.timers.gossip, "gossip", false),
+                (self.timers.hints, "hint delivery", true),
+                (self.timers.anti_entropy, "anti-entropy", true),
+                (self.timers.reap, "tombstone reaping", true),
             ] {
-                if t < at {
+                if t < at && (serving || !needs_serving) {
                     at = t;
                     why = w;
                 }
@@ -482,12 +556,17 @@ impl Node {
 
     /// Stores a key's new state in memory and writes it out.
     fn put_local(&mut self, key: &Bytes, state: Option<KeyState>) {
+        let schema = self.schema;
         let bytes = state
             .as_ref()
             .filter(|s| !s.is_empty())
-            .map(storage::encode_state);
+            .map(|s| storage::encode_state(schema, s));
+        if let Some(s) = &state {
+            self.note_epochs(s);
+        }
+        let partition = self.ring.partition_of(key);
         self.store.set(&self.ring, key, state, self.now);
-        self.write_record(storage::data_key(key), bytes);
+        self.write_record(storage::data_key(schema, partition, key), bytes);
     }
 
     /// Merges a state received from a peer into the local copy, persisting it
@@ -525,7 +604,14 @@ impl Node {
                 );
             }
             Deferred::LocalPut { op } => self.local_put_durable(op),
-            Deferred::Serve => self.start_serving(),
+            Deferred::Serve => self.recovered(),
+            Deferred::Migrate => self.migrate_step(),
+            Deferred::Backup(id) => {
+                self.start_backup(versions::BackupFor::Admin(id), "manual".into());
+            }
+            Deferred::ActivateClusterVersion { version, reply } => {
+                self.activate_cluster_version(version, reply)
+            }
             Deferred::ShutdownDone => {
                 self.phase = Phase::Stopped;
                 self.emit(Event::ShutdownComplete);
@@ -586,9 +672,38 @@ impl Node {
         crate::config::PlantedBugs::default()
     }
 
+    /// Whether the node handshakes and gossips in its current phase.
+    fn talks_to_peers(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Serving | Phase::Rejoining | Phase::Migrating | Phase::Refusing
+        )
+    }
+
+    fn start_timers(&mut self) {
+        let now = self.now;
+        self.timers.gossip = now;
+        self.timers.handshake = now;
+        self.timers.hints = now + self.cfg.timing.hint_retry;
+        self.timers.anti_entropy = now + self.cfg.timing.anti_entropy_interval;
+        self.timers.reap = now + self.cfg.timing.reap_interval;
+    }
+
     fn unavailable_reason(&self) -> String {
         match self.phase {
             Phase::Loading | Phase::Recovering => "starting up".into(),
+            Phase::Rejoining => alloc::format!(
+                "restored from backup; waiting for {:?} to report this node's last epoch",
+                self.rejoin_waiting
+            ),
+            Phase::Migrating => match self.migration_in_progress() {
+                Some((from, to)) => alloc::format!("migrating schema {from} to {to}"),
+                None => "migrating".into(),
+            },
+            Phase::Refusing => alloc::format!(
+                "refusing to serve: {}",
+                self.refusal.as_deref().unwrap_or("unknown reason")
+            ),
             Phase::Draining | Phase::Stopped => "shutting down".into(),
             Phase::Halted => alloc::format!(
                 "halted: {}",

@@ -84,11 +84,12 @@ impl Node {
         MemberInfo {
             node: self.cfg.id,
             epoch: self.epoch,
+            generation: self.generation,
             heartbeat: self.heartbeat,
             release: self.release.version.into(),
             protocols: self.release.protocols,
-            schema: self.release.schema,
-            cluster_version: self.release.version.into(),
+            schema: self.schema,
+            cluster_version: self.cluster_version.version().into(),
             health: self.health(),
         }
     }
@@ -142,6 +143,7 @@ impl Node {
             release: self.release.version.into(),
             protocols: self.release.protocols,
             epoch: self.epoch,
+            your_epoch: 0,
         }
     }
 
@@ -157,13 +159,14 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&to) {
             p.last_hello = Some(now);
         }
-        let m = Message::Hello(self.hello());
-        self.send_handshake(to, m);
+        let mut hello = self.hello();
+        hello.your_epoch = self.epochs_seen.get(&to).copied().unwrap_or(0);
+        self.send_handshake(to, Message::Hello(hello));
     }
 
     /// Says hello unless we did so recently.
     pub(super) fn maybe_hello(&mut self, to: NodeId) {
-        if self.phase != Phase::Serving {
+        if !self.talks_to_peers() {
             return;
         }
         let retry = self.cfg.timing.handshake_retry;
@@ -199,9 +202,10 @@ impl Node {
     }
 
     pub(super) fn handle_hello(&mut self, from: NodeId, m: wire::Hello) {
-        if m.node != from || self.phase != Phase::Serving {
+        if m.node != from || !self.talks_to_peers() {
             return;
         }
+        self.note_epoch(from, m.epoch);
         match self.agree(&m.release, m.protocols) {
             Ok(protocol) => {
                 let ack = Message::HelloAck(wire::HelloAck {
@@ -210,9 +214,11 @@ impl Node {
                     protocols: self.release.protocols,
                     epoch: self.epoch,
                     protocol,
+                    your_epoch: self.epochs_seen.get(&from).copied().unwrap_or(0),
                 });
                 self.send_handshake(from, ack);
                 self.connected(from, protocol);
+                self.rejoin_report(from, m.your_epoch);
             }
             Err(reason) => {
                 self.send_handshake(
@@ -228,12 +234,16 @@ impl Node {
     }
 
     pub(super) fn handle_hello_ack(&mut self, from: NodeId, m: wire::HelloAck) {
-        if m.node != from || self.phase != Phase::Serving {
+        if m.node != from || !self.talks_to_peers() {
             return;
         }
+        self.note_epoch(from, m.epoch);
         // Check the peer's choice ourselves rather than trusting it.
         match self.agree(&m.release, m.protocols) {
-            Ok(p) if p == m.protocol => self.connected(from, p),
+            Ok(p) if p == m.protocol => {
+                self.connected(from, p);
+                self.rejoin_report(from, m.your_epoch);
+            }
             Ok(p) => self.refused(
                 from,
                 alloc::format!(
@@ -340,14 +350,18 @@ impl Node {
 
     pub(super) fn handle_gossip(&mut self, _from: NodeId, m: wire::Gossip) {
         let now = self.now;
+        let learn = matches!(self.phase, Phase::Serving | Phase::Migrating);
         for info in m.members.into_iter().take(self.cfg.members.len()) {
+            if learn && info.cluster_version != self.cluster_version.version() {
+                self.learn_cluster_version(&info.cluster_version);
+            }
+            self.note_epoch(info.node, info.epoch);
             let Some(p) = self.peers.get_mut(&info.node) else {
                 continue;
             };
-            let newer = p
-                .info
-                .as_ref()
-                .is_none_or(|old| (info.epoch, info.heartbeat) > (old.epoch, old.heartbeat));
+            let newer = p.info.as_ref().is_none_or(|old| {
+                (info.generation, info.heartbeat) > (old.generation, old.heartbeat)
+            });
             if newer {
                 p.info = Some(info);
                 p.last_seen = Some(now);

@@ -1,17 +1,30 @@
-//! Start-up, epochs and clean shutdown.
+//! Start-up, epochs, restores and clean shutdown.
 //!
-//! A node reads all of storage, then decides its epoch: after a clean
-//! shutdown it keeps its epoch and dot counter; after anything else (a crash,
-//! a halted node, corrupt records, missing metadata) it takes a new epoch,
-//! higher than any of its own epochs found in the data, so it can never issue
-//! a dot it issued before (Riak kv679). The new metadata, marked unclean, is
-//! durable before the node serves.
+//! A node reads all of storage, then:
+//! - checks that it can open the data (its release reads the live schema) and
+//!   serve at the persisted cluster version, or refuses, saying why, without
+//!   writing anything;
+//! - removes what an interrupted migration left in a schema namespace that is
+//!   not live (or keeps it to resume that migration);
+//! - decides its epoch: after a clean shutdown it keeps its epoch and dot
+//!   counter; after anything else (a crash, corrupt records, missing
+//!   metadata) it takes a new epoch, higher than any of its own found in the
+//!   data, so it can never issue a dot it issued before (Riak kv679);
+//! - persists the new metadata, marked unclean, before doing anything else;
+//! - after a restore from backup, the data may predate epochs the node used
+//!   since; it waits until every peer has told it the highest epoch of its
+//!   own they have seen, and takes one above them all.
 
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use bytes::Bytes;
 
 use crate::api::{Event, Output, ReadRequest};
-use crate::storage::{self, Meta, Record};
+use crate::storage::{self, Meta, Progress, Record};
+use crate::types::NodeId;
+use crate::version::ReleaseId;
 
 use super::durability::Deferred;
 use super::{Node, Phase};
@@ -31,30 +44,145 @@ impl Node {
             return;
         }
         let total = records.len();
-        let mut meta: Option<Meta> = None;
         let mut corrupt = 0usize;
+        // Pass 1: the records that say how to read the rest.
+        let mut meta: Option<Meta> = None;
+        let mut progress: Option<Progress> = None;
+        let mut restored = false;
+        let mut namespaces: alloc::collections::BTreeMap<u16, usize> = Default::default();
+        for (key, value) in &records {
+            match key.as_ref() {
+                storage::META_KEY | storage::PROGRESS_KEY | storage::RESTORED_KEY => {
+                    match storage::decode_record(key, value) {
+                        Ok(Record::Meta(m)) => meta = Some(m),
+                        Ok(Record::Progress(p)) => progress = Some(p),
+                        Ok(Record::Restored) => restored = true,
+                        Ok(_) => {}
+                        Err(_) => {
+                            corrupt += 1;
+                            self.metrics.corrupt_records += 1;
+                            self.emit(Event::CorruptRecord { key: key.clone() });
+                        }
+                    }
+                }
+                k => {
+                    if let Some(s) = storage::key_schema(k) {
+                        *namespaces.entry(s).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let fresh = meta.is_none() && namespaces.is_empty();
+        let cluster_version = match &meta {
+            Some(m) => match ReleaseId::by_version(&m.cluster_version) {
+                Some(v) => v,
+                None => {
+                    return self.refuse_at_start(
+                        total,
+                        format!(
+                            "data directory is at cluster version {}, which this build ({}) does not know: run a newer release",
+                            m.cluster_version, self.release.version
+                        ),
+                    )
+                }
+            },
+            None => self.cfg.initial_cluster_version.unwrap_or(self.cfg.release.min_cluster_version()),
+        };
+        self.cluster_version = cluster_version;
+        let schema = match &meta {
+            Some(m) => m.schema,
+            // Without metadata, the namespace holding most records is live.
+            None => namespaces
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(s, _)| *s)
+                .unwrap_or_else(|| self.target_schema()),
+        };
+        if !self.release.reads_schema(schema) {
+            let why = if schema > self.release.schema {
+                format!(
+                    "data directory uses schema {schema}, written by a newer release; release {} reads schemas {} and {}: run a newer release, or restore a backup taken before the upgrade",
+                    self.release.version,
+                    self.release.schema.saturating_sub(1),
+                    self.release.schema
+                )
+            } else {
+                format!(
+                    "data directory uses schema {schema}, too old for release {}, which reads schemas {} and {}: upgrade one release at a time",
+                    self.release.version,
+                    self.release.schema.saturating_sub(1),
+                    self.release.schema
+                )
+            };
+            return self.refuse_at_start(total, why);
+        }
+        if let Some(why) = self.version_refusal(cluster_version) {
+            return self.refuse_at_start(total, why);
+        }
+        self.schema = schema;
+        let target = self.target_schema();
+        let resuming = progress
+            .as_ref()
+            .filter(|p| p.from == schema && p.to == target)
+            .cloned();
+        if let Some(p) = &progress {
+            if p.to == schema {
+                // The switch happened; only the clean-up was interrupted.
+                self.write_record(Bytes::from_static(storage::PROGRESS_KEY), None);
+            } else if resuming.is_some() {
+                self.migration_attempts = p.attempts;
+                self.migration_error = p.last_error.clone();
+            } else {
+                self.write_record(Bytes::from_static(storage::PROGRESS_KEY), None);
+            }
+        }
+        // Pass 2: the live namespace.
+        let me = self.cfg.id;
         let mut own_epoch = 0u32;
         let mut own_counter = 0u64;
-        let me = self.cfg.id;
         for (key, value) in records {
+            let Some(ns) = storage::key_schema(&key) else {
+                continue;
+            };
+            if ns != schema {
+                if let Some(p) = &resuming {
+                    if ns == p.to {
+                        if let Ok(Record::Data { key, state, .. }) =
+                            storage::decode_record(&key, &value)
+                        {
+                            self.resume.insert(key, state.digest());
+                            continue;
+                        }
+                    }
+                }
+                // Left over from a migration: never live, never served.
+                self.write_record(key, None);
+                continue;
+            }
             match storage::decode_record(&key, &value) {
-                Ok(Record::Meta(m)) => meta = Some(m),
-                Ok(Record::Data { key, state }) => {
+                Ok(Record::Data { key, state, .. }) => {
                     for &(actor, c) in state.context().entries() {
                         if actor.node == me {
-                            own_epoch = own_epoch.max(actor.epoch);
+                            if actor.epoch > own_epoch {
+                                own_epoch = actor.epoch;
+                                own_counter = 0;
+                            }
                             if actor.epoch == own_epoch {
                                 own_counter = own_counter.max(c);
                             }
                         }
                     }
+                    self.note_epochs(&state);
                     self.store.set(&self.ring, &key, Some(state), self.now);
                 }
-                Ok(Record::Hint { target, key, state }) => {
+                Ok(Record::Hint {
+                    target, key, state, ..
+                }) => {
                     if target != me && self.peers.contains_key(&target) {
                         self.hints.insert((target, key), state);
                     }
                 }
+                Ok(_) => {}
                 Err(_) => {
                     corrupt += 1;
                     self.metrics.corrupt_records += 1;
@@ -65,23 +193,18 @@ impl Node {
                 }
             }
         }
-        let clean = matches!(&meta, Some(m) if m.clean) && corrupt == 0;
-        let reuse_epoch = clean || self.bugs().reuse_dots_after_crash;
-        match meta {
+        let clean = matches!(&meta, Some(m) if m.clean) && corrupt == 0 && !restored;
+        let reuse_epoch = clean || (self.bugs().reuse_dots_after_crash && !fresh);
+        match &meta {
             Some(m) if reuse_epoch => {
                 self.epoch = m.epoch.max(1);
-                self.next_counter = if clean {
-                    m.next_counter.max(1)
-                } else {
-                    // Planted bug: carry on from the last clean counter.
-                    m.next_counter.max(1)
-                };
+                self.next_counter = m.next_counter.max(1);
                 if clean && own_epoch == self.epoch {
                     self.next_counter = self.next_counter.max(own_counter + 1);
                 }
             }
             m => {
-                let prev = m.map_or(0, |m| m.epoch);
+                let prev = m.as_ref().map_or(0, |m| m.epoch);
                 self.epoch = prev.max(own_epoch) + 1;
                 self.next_counter = 1;
             }
@@ -92,16 +215,52 @@ impl Node {
             records: total,
             corrupt,
         });
+        self.generation = meta.as_ref().map_or(0, |m| m.generation) + 1;
+        self.restored = restored;
         self.phase = Phase::Recovering;
         self.write_meta(false);
         self.after_durable(Deferred::Serve);
     }
 
-    fn write_meta(&mut self, clean: bool) {
+    fn refuse_at_start(&mut self, records: usize, reason: String) {
+        self.emit(Event::Recovered {
+            epoch: self.epoch,
+            clean: false,
+            records,
+            corrupt: 0,
+        });
+        self.refuse(reason);
+    }
+
+    /// Remembers the highest epoch of every node whose dots `state` mentions.
+    pub(super) fn note_epochs(&mut self, state: &crate::dvv::KeyState) {
+        for &(actor, _) in state.context().entries() {
+            let e = self.epochs_seen.entry(actor.node).or_insert(0);
+            if *e < actor.epoch {
+                *e = actor.epoch;
+            }
+        }
+    }
+
+    pub(super) fn note_epoch(&mut self, node: NodeId, epoch: u32) {
+        let e = self.epochs_seen.entry(node).or_insert(0);
+        if *e < epoch {
+            *e = epoch;
+        }
+    }
+
+    pub(super) fn write_meta(&mut self, clean: bool) {
+        self.write_meta_with(clean, self.schema, self.cluster_version);
+    }
+
+    pub(super) fn write_meta_with(&mut self, clean: bool, schema: u16, cv: ReleaseId) {
         let meta = Meta {
             epoch: self.epoch,
             next_counter: self.next_counter,
             clean,
+            schema,
+            cluster_version: cv.version().into(),
+            generation: self.generation,
         };
         self.write_record(
             Bytes::from_static(storage::META_KEY),
@@ -109,17 +268,58 @@ impl Node {
         );
     }
 
-    pub(super) fn start_serving(&mut self) {
+    /// Recovery's metadata is durable: rejoin, migrate or serve.
+    pub(super) fn recovered(&mut self) {
         if self.phase != Phase::Recovering {
             return;
         }
+        self.start_timers();
+        if self.restored {
+            self.phase = Phase::Rejoining;
+            self.rejoin_waiting = self.peers.keys().copied().collect();
+            self.hello_all();
+            return;
+        }
+        self.ready();
+    }
+
+    /// Every peer has reported the highest epoch of ours it has seen.
+    pub(super) fn rejoin_report(&mut self, from: NodeId, your_epoch: u32) {
+        if self.phase != Phase::Rejoining {
+            return;
+        }
+        self.learned_epoch = self.learned_epoch.max(your_epoch);
+        self.rejoin_waiting.remove(&from);
+        if !self.rejoin_waiting.is_empty() {
+            return;
+        }
+        let epoch = self.epoch.max(self.learned_epoch + 1);
+        self.epoch = epoch;
+        self.next_counter = 1;
+        self.restored = false;
+        self.write_meta(false);
+        self.write_record(Bytes::from_static(storage::RESTORED_KEY), None);
+        self.emit(Event::EpochLearned { epoch });
+        self.phase = Phase::Recovering;
+        self.after_durable(Deferred::Serve);
+    }
+
+    /// Peers a restored node still waits for.
+    pub fn rejoin_waiting(&self) -> Vec<NodeId> {
+        self.rejoin_waiting
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    fn ready(&mut self) {
+        if self.target_schema() > self.schema {
+            self.start_migration();
+            return;
+        }
         self.phase = Phase::Serving;
-        let now = self.now;
-        self.timers.gossip = now;
-        self.timers.handshake = now;
-        self.timers.hints = now + self.cfg.timing.hint_retry;
-        self.timers.anti_entropy = now + self.cfg.timing.anti_entropy_interval;
-        self.timers.reap = now + self.cfg.timing.reap_interval;
         self.emit(Event::Serving);
         self.hello_all();
     }
@@ -128,18 +328,22 @@ impl Node {
     /// the next start keep this epoch, then report completion.
     pub(super) fn begin_shutdown(&mut self) {
         match self.phase {
-            Phase::Serving | Phase::Recovering => {}
-            Phase::Loading => {
-                // Nothing was written yet; stop at once.
+            Phase::Serving | Phase::Recovering | Phase::Rejoining => {}
+            Phase::Loading | Phase::Refusing => {
+                // Nothing of ours to persist.
                 self.phase = Phase::Stopped;
                 self.emit(Event::ShutdownComplete);
                 return;
+            }
+            Phase::Migrating => {
+                // The migration resumes at the next start.
+                self.migration_abandon();
             }
             _ => return,
         }
         self.phase = Phase::Draining;
         self.fail_all_ops();
-        self.write_meta(true);
+        self.write_meta(!self.restored);
         self.after_durable(Deferred::ShutdownDone);
     }
 }

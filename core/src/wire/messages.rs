@@ -25,6 +25,9 @@ pub struct Hello {
     pub release: String,
     pub protocols: ProtocolRange,
     pub epoch: u32,
+    /// The highest epoch of the receiver this node has seen: a node restored
+    /// from backup learns from these which epochs it must never reuse.
+    pub your_epoch: u32,
 }
 
 /// Accepts a [`Hello`] with the protocol both sides will use.
@@ -35,6 +38,8 @@ pub struct HelloAck {
     pub protocols: ProtocolRange,
     pub epoch: u32,
     pub protocol: u16,
+    /// As in [`Hello`].
+    pub your_epoch: u32,
 }
 
 /// Refuses a [`Hello`]; the reason names both protocol ranges.
@@ -49,6 +54,10 @@ pub struct Refuse {
 pub enum Health {
     Starting,
     Serving,
+    /// Not serving while a schema migration runs.
+    Migrating,
+    /// Refusing to serve; the reason is on the node's status.
+    Refusing,
     Draining,
     Halted,
 }
@@ -58,6 +67,8 @@ pub enum Health {
 pub struct MemberInfo {
     pub node: NodeId,
     pub epoch: u32,
+    /// Increases with every start of the member, clean or not.
+    pub generation: u64,
     /// Incremented by the member itself; failure detection watches it advance.
     pub heartbeat: u64,
     pub release: String,
@@ -164,6 +175,20 @@ pub struct ReapCommit {
     pub digest: u64,
 }
 
+/// Asks for the digest of a key's state only (protocol 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDigest {
+    pub req: u64,
+    pub key: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDigestReply {
+    pub req: u64,
+    pub key: Bytes,
+    pub digest: u64,
+}
+
 /// Many hints to one target in a message (protocol 2).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HintBatch {
@@ -241,4 +266,6 @@ messages! {
     32 => ReapCommit (proto 1),
     40 => HintBatch (proto 2),
     41 => HintBatchAck (proto 2),
+    50 => ReplicaDigest (proto 3),
+    51 => ReplicaDigestReply (proto 3),
 }

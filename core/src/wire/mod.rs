@@ -114,6 +114,17 @@ pub fn decode(bytes: &[u8], speaks: ProtocolRange, max_len: usize) -> Result<Dec
             h.protocol
         )));
     }
+    // A type newer than every protocol this release speaks is one it would
+    // not know at all: tolerate it, like a real older binary.
+    let newer = MESSAGE_TYPES
+        .iter()
+        .any(|&(t, _, min)| t == h.msg_type && min > speaks.max);
+    if newer && !handshake {
+        return Ok(Decoded::Unknown {
+            protocol: h.protocol,
+            msg_type: h.msg_type,
+        });
+    }
     match Message::decode_body(h.msg_type, body)? {
         None => Ok(Decoded::Unknown {
             protocol: h.protocol,
@@ -147,6 +158,7 @@ mod tests {
             release: "0.2.0".into(),
             protocols: ProtocolRange::new(1, 2),
             epoch: 7,
+            your_epoch: 0,
         })
     }
 
@@ -224,7 +236,13 @@ mod tests {
         assert!(decode(&bytes, ProtocolRange::new(1, 2), 1 << 20).is_err());
         let bytes = encode(2, &m);
         assert!(decode(&bytes, ProtocolRange::new(1, 2), 1 << 20).is_ok());
-        // A release that only speaks protocol 1 refuses the envelope outright.
+        // A release that only speaks protocol 1 refuses the envelope outright,
+        // and would not know the type even at its own protocol.
         assert!(decode(&bytes, ProtocolRange::new(1, 1), 1 << 20).is_err());
+        let bytes = encode(1, &m);
+        assert!(matches!(
+            decode(&bytes, ProtocolRange::new(1, 1), 1 << 20),
+            Ok(Decoded::Unknown { msg_type: 40, .. })
+        ));
     }
 }

@@ -105,7 +105,28 @@ impl Node {
         self.start_request(Client::Local(id), id, request);
     }
 
+    /// A write forwarded by a peer. The network may deliver it twice; a
+    /// client's write must take effect once, so duplicates are dropped (the
+    /// first copy answers). Forward ids are unique across the sender's
+    /// restarts, so remembering them for a while is enough.
     pub(super) fn handle_forward(&mut self, from: NodeId, m: wire::Forward) {
+        // Forget forwards old enough that no copy can still be in flight, and
+        // the oldest ones beyond the bound. Arrival times only grow, so the
+        // queue is in expiry order.
+        let horizon = crate::types::Duration(self.cfg.timing.request_timeout.0 * 4);
+        let cap = self.cfg.limits.max_inflight * 4;
+        while let Some(&(at, id)) = self.forwards_seen.front() {
+            if self.now.saturating_since(at) < horizon && self.forwards_seen.len() < cap {
+                break;
+            }
+            self.forwards_seen.pop_front();
+            self.forward_ids.remove(&id);
+        }
+        if !self.forward_ids.insert((from, m.fwd)) {
+            self.metrics.duplicate_forwards += 1;
+            return;
+        }
+        self.forwards_seen.push_back((self.now, (from, m.fwd)));
         self.start_request(Client::Remote { from, fwd: m.fwd }, m.origin, m.request);
     }
 

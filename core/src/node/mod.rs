@@ -78,6 +78,8 @@ pub struct Metrics {
     pub gets: u64,
     pub puts: u64,
     pub forwarded: u64,
+    /// Forwarded writes delivered more than once and dropped.
+    pub duplicate_forwards: u64,
     pub quorum_timeouts: u64,
     pub undecodable: u64,
     pub unknown_messages: u64,
@@ -124,6 +126,9 @@ pub struct Node {
     store: Store,
     durability: Durability,
     ops: BTreeMap<u64, Op>,
+    /// Forwarded writes seen recently, to drop duplicates.
+    forward_ids: BTreeSet<(NodeId, u64)>,
+    forwards_seen: VecDeque<(Time, (NodeId, u64))>,
     /// Next deadline of each op that has one.
     deadlines: BTreeSet<(Time, u64)>,
     hints: BTreeMap<(NodeId, Bytes), KeyState>,
@@ -184,6 +189,8 @@ impl Node {
             next_counter: 1,
             next_io: 1,
             next_req: 1,
+            forward_ids: BTreeSet::new(),
+            forwards_seen: VecDeque::new(),
             load_io: None,
             store,
             durability: Durability::default(),

@@ -216,6 +216,9 @@ impl Node {
             corrupt,
         });
         self.generation = meta.as_ref().map_or(0, |m| m.generation) + 1;
+        // Request ids are unique across this node's starts (peers remember
+        // forwarded ones to drop duplicates).
+        self.next_req = (self.generation << 40) + 1;
         self.restored = restored;
         self.phase = Phase::Recovering;
         self.write_meta(false);

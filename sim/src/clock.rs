@@ -1,0 +1,106 @@
+//! Per-node clocks: `local = sim * (1 + drift_ppm / 1e6) + offset`.
+//!
+//! A node only ever sees its local time; the deadlines it asks for
+//! (`Output::Timeout(at)`) are local too and are translated back to the
+//! earliest simulated time at which the local clock reaches them. Local time
+//! never runs backwards, across restarts of the node included (the machine's
+//! clock outlives the process).
+
+use cairn_core::Time;
+
+const MICRO: i128 = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub struct Clock {
+    drift_ppm: i64,
+    offset_us: u64,
+    last: Time,
+}
+
+impl Clock {
+    pub fn new(drift_ppm: i64, offset_us: u64) -> Clock {
+        assert!(
+            drift_ppm.abs() < 100_000,
+            "drift of {drift_ppm} ppm is not a clock"
+        );
+        Clock {
+            drift_ppm,
+            offset_us,
+            last: Time::ZERO,
+        }
+    }
+
+    fn raw(&self, sim: Time) -> i128 {
+        let s = sim.as_micros() as i128;
+        self.offset_us as i128 + s + s * self.drift_ppm as i128 / MICRO
+    }
+
+    /// The node's local time at simulated time `sim`.
+    pub fn local(&mut self, sim: Time) -> Time {
+        let t = Time(self.raw(sim).max(0) as u64).max(self.last);
+        self.last = t;
+        t
+    }
+
+    /// The earliest simulated time, not before `now`, at which local time
+    /// reaches `local`. `None` for a deadline that never comes.
+    pub fn to_sim(&self, local: Time, now: Time) -> Option<Time> {
+        if local == Time::MAX {
+            return None;
+        }
+        let target = local.as_micros() as i128;
+        if self.raw(now) >= target {
+            return Some(now);
+        }
+        let mut t = ((target - self.offset_us as i128) * MICRO / (MICRO + self.drift_ppm as i128))
+            .max(now.as_micros() as i128);
+        // The estimate is within a few microseconds; settle it exactly.
+        while self.raw(Time(t as u64)) < target {
+            t += 1;
+        }
+        while t > now.as_micros() as i128 && self.raw(Time((t - 1) as u64)) >= target {
+            t -= 1;
+        }
+        u64::try_from(t).ok().map(Time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_and_offset_apply() {
+        let mut fast = Clock::new(100, 5_000);
+        assert_eq!(fast.local(Time(0)), Time(5_000));
+        assert_eq!(fast.local(Time(1_000_000)), Time(1_005_100));
+        let mut slow = Clock::new(-100, 0);
+        assert_eq!(slow.local(Time(1_000_000)), Time(999_900));
+    }
+
+    #[test]
+    fn deadlines_translate_to_the_earliest_sim_time() {
+        for drift in [-150i64, -1, 0, 7, 200] {
+            let mut c = Clock::new(drift, 1234);
+            for at in [0u64, 1, 999, 1_000_000, 77_777_777] {
+                let now = Time(10);
+                let t = c.to_sim(Time(at), now).unwrap();
+                assert!(t >= now);
+                assert!(c.local(t) >= Time(at), "drift {drift} at {at}");
+                if t > now {
+                    let mut c2 = Clock::new(drift, 1234);
+                    assert!(c2.local(Time(t.as_micros() - 1)) < Time(at), "not earliest");
+                }
+            }
+            assert_eq!(c.to_sim(Time::MAX, Time(0)), None);
+        }
+    }
+
+    #[test]
+    fn local_time_never_runs_backwards() {
+        let mut c = Clock::new(-50, 0);
+        let a = c.local(Time(1_000_000));
+        let b = c.local(Time(999_999));
+        assert!(b >= a);
+    }
+}

@@ -1,0 +1,76 @@
+//! cairn-sim: a deterministic simulator for Cairn.
+//!
+//! It drives several `cairn_core::Node`s in virtual time under faults and
+//! judges them with oracles. One `u64` seed determines a whole run: the
+//! options drawn from it, every delay, every fault and every client choice.
+//!
+//! Map of the crate (a run flows top to bottom):
+//! - [`scenario`]: the fixed shape of a run and the ranges seeds draw from.
+//! - [`options`]: the concrete choices one seed makes (swarm testing).
+//! - [`rng`]: seed derivation, run -> node -> subsystem.
+//! - [`world`]: the event queue and drive loop; owns everything below.
+//!   - [`network`]: directed links with delay, loss, duplication, partitions,
+//!     clogging and bounded queues.
+//!   - [`disk`]: durable image, unsynced writes, crash loss.
+//!   - [`clock`]: per-node drift and offset.
+//!   - [`nemesis`]: which fault next.
+//!   - [`workload`]: the clients.
+//!   - [`history`]: the truth model of client writes and causality.
+//!   - [`oracle`]: the judgements.
+//!   - [`trace`]: JSON-lines trace and its determinism hash.
+//! - [`report`]: outcomes, exit codes, summaries.
+//! - [`sweep`]: many seeds in parallel.
+//! - [`planted`]: bugs that can be switched on in core to prove the oracles.
+//!
+//! Exit codes of the `cairn-sim` binary (see [`report::exit`]): 0 pass,
+//! 1 safety violation, 2 liveness failure, 3 panic in the code under test,
+//! 4 determinism mismatch, 64 usage error.
+
+pub mod clock;
+pub mod disk;
+pub mod history;
+pub mod nemesis;
+pub mod network;
+pub mod options;
+pub mod oracle;
+pub mod planted;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod sweep;
+pub mod trace;
+pub mod workload;
+pub mod world;
+
+pub use report::{exit, Outcome, RunReport};
+pub use scenario::Scenario;
+pub use world::{run, RunConfig};
+
+use std::cell::RefCell;
+
+thread_local! {
+    /// Where the last panic on this thread happened; read (and cleared) when
+    /// the panic is caught, so nothing survives from one run to the next.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Takes the location recorded by the hook of [`install_panic_hook`].
+pub fn take_panic_location() -> Option<String> {
+    PANIC_LOCATION.with(|l| l.borrow_mut().take())
+}
+
+/// Installs a panic hook that records where a panic happened (so a caught
+/// panic in node code can be reported with its location). With `quiet` the
+/// default report on stderr is suppressed (sweeps report panics themselves).
+pub fn install_panic_hook(quiet: bool) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(loc) = info.location() {
+            let text = format!("{}:{}:{}", loc.file(), loc.line(), loc.column());
+            PANIC_LOCATION.with(|l| *l.borrow_mut() = Some(text));
+        }
+        if !quiet {
+            default(info);
+        }
+    }));
+}

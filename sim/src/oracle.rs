@@ -1,0 +1,402 @@
+//! Oracles: judgements of what the nodes did against the truth model.
+//!
+//! | oracle            | when                           | what                                             |
+//! |-------------------|--------------------------------|--------------------------------------------------|
+//! | `dot-unique`      | every `Event::WriteIssued`     | a dot names one client write, run-wide           |
+//! | `dot-mapping`     | every read / final state       | each sibling's dot was issued for a write of the key, and its value carries that write's id |
+//! | `antichain`       | every read / final state       | no sibling happened before another               |
+//! | `lost-ack`        | every read / final state       | every write acknowledged before the read is <= some sibling, unless a delete supersedes it |
+//! | `stale-read`      | every read / final state       | no sibling happened before a write acknowledged before the read (deletes never resurrect) |
+//! | `ack-durable`     | every `Response::Written`      | at least W replicas of the key hold the write durably |
+//! | `ack-has-dot`     | every `Response::Written`      | an acknowledged write was issued a dot            |
+//! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
+//! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
+//!
+//! "Acknowledged before the read" uses the frontier of acknowledged writes
+//! snapshotted when the read was sent; checking the frontier suffices since
+//! every acknowledged write is <= a frontier element.
+
+use bytes::Bytes;
+use cairn_core::storage::{data_key, decode_record, Record, META_KEY};
+use cairn_core::{Dot, NodeId};
+
+use crate::history::{History, WriteId};
+
+/// A failed judgement: the oracle's name and what it saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub oracle: &'static str,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(oracle: &'static str, message: String) -> Violation {
+        Violation { oracle, message }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.oracle, self.message)
+    }
+}
+
+fn describe(h: &History, w: WriteId) -> String {
+    let x = h.write(w);
+    let kind = if x.tombstone { "delete" } else { "put" };
+    let dots: Vec<String> = x.dots.iter().map(|d| d.to_string()).collect();
+    match x.acked_at {
+        Some(a) => format!(
+            "{kind} {w} [dot {}] sent {} acked {}",
+            dots.join(","),
+            x.sent_at,
+            a
+        ),
+        None => format!(
+            "{kind} {w} [dot {}] sent {} (not acked)",
+            dots.join(","),
+            x.sent_at
+        ),
+    }
+}
+
+fn list(h: &History, ws: &[WriteId]) -> String {
+    if ws.is_empty() {
+        return "none".into();
+    }
+    ws.iter()
+        .map(|&w| describe(h, w))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks the siblings of one read (already mapped to writes) against the
+/// writes acknowledged before the read was sent. `what` names the read for
+/// the message (e.g. "read 123 by client 4 via n2 at 3.1s").
+pub fn check_read(
+    h: &History,
+    key: u32,
+    siblings: &[WriteId],
+    acked_before: &[WriteId],
+    what: &str,
+) -> Result<(), Violation> {
+    let k = h.key_label(key);
+    // (a) antichain.
+    for &a in siblings {
+        for &b in siblings {
+            if h.lt(a, b) {
+                let twice = [a, b]
+                    .iter()
+                    .find(|&&w| h.write(w).dots.len() > 1)
+                    .map(|&w| {
+                        format!(
+                            " (write {w} was issued {} dots: one client write was applied more than once)",
+                            h.write(w).dots.len()
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(Violation::new(
+                    "antichain",
+                    format!(
+                        "{what} on key {k} returned write {a} together with its descendant {b}{twice}: {}",
+                        list(h, siblings)
+                    ),
+                ));
+            }
+        }
+    }
+    // (b) no lost acknowledged write.
+    for &f in acked_before {
+        if siblings.iter().any(|&s| h.leq(f, s)) || h.deleted_by(f).is_some() {
+            continue;
+        }
+        return Err(Violation::new(
+            "lost-ack",
+            format!(
+                "{what} on key {k} lost acknowledged write {}: no returned sibling is it or a descendant, and no delete supersedes it; returned {}",
+                describe(h, f),
+                list(h, siblings)
+            ),
+        ));
+    }
+    // (c) no stale sibling / resurrection.
+    for &s in siblings {
+        if let Some(&f) = acked_before.iter().find(|&&f| h.lt(s, f)) {
+            return Err(Violation::new(
+                "stale-read",
+                format!(
+                    "{what} on key {k} returned write {s}, an ancestor of acknowledged write {}: returned {}",
+                    describe(h, f),
+                    list(h, siblings)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a converged state of a key against every acknowledged write.
+pub fn check_final_state(h: &History, key: u32, siblings: &[WriteId]) -> Result<(), Violation> {
+    check_read(h, key, siblings, h.frontier(key), "the converged state")
+}
+
+/// True when a node's durable image holds a data record of `user_key`, in
+/// the live schema (named by the durable metadata record), whose state
+/// context covers one of `dots`. `durable` looks a storage key up.
+pub fn durable_covers<'a>(
+    durable: impl Fn(&[u8]) -> Option<&'a Bytes>,
+    partition: u16,
+    user_key: &[u8],
+    dots: &[Dot],
+) -> bool {
+    let Some(meta) = durable(META_KEY) else {
+        return false;
+    };
+    let Ok(Record::Meta(meta)) = decode_record(META_KEY, meta) else {
+        return false;
+    };
+    let key = data_key(meta.schema, partition, user_key);
+    let Some(v) = durable(&key) else {
+        return false;
+    };
+    match decode_record(&key, v) {
+        Ok(Record::Data { key: k, state, .. }) if k == user_key => {
+            dots.iter().any(|&d| state.context().covers(d))
+        }
+        _ => false,
+    }
+}
+
+/// Acknowledgement only after W durable copies: `holders` lists each replica
+/// of the key with whether its durable image covers the write.
+pub fn check_ack_durable(
+    h: &History,
+    write: WriteId,
+    holders: &[(NodeId, bool)],
+    w: u8,
+    what: &str,
+) -> Result<(), Violation> {
+    let x = h.write(write);
+    if x.dots.is_empty() {
+        return Err(Violation::new(
+            "ack-has-dot",
+            format!(
+                "{what}: write {write} on key {} was acknowledged but no coordinator issued a dot for it",
+                h.key_label(x.key)
+            ),
+        ));
+    }
+    let durable = holders.iter().filter(|(_, d)| *d).count();
+    if durable < w as usize {
+        let on: Vec<String> = holders
+            .iter()
+            .map(|(n, d)| format!("{n}:{}", if *d { "durable" } else { "missing" }))
+            .collect();
+        return Err(Violation::new(
+            "ack-durable",
+            format!(
+                "{what}: {} on key {} acknowledged with {durable} durable replica(s), W={w} ({})",
+                describe(h, write),
+                h.key_label(x.key),
+                on.join(" ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::encode_value;
+    use cairn_core::{Actor, KeyState, RequestId, Time, VersionVector};
+
+    fn dot(n: u32, c: u64) -> Dot {
+        Dot {
+            actor: Actor {
+                node: NodeId(n),
+                epoch: 1,
+            },
+            counter: c,
+        }
+    }
+
+    /// key "k": w1 <- w2 (rmw), w3 blind and concurrent, d4 deletes w2.
+    fn history() -> (History, [WriteId; 4]) {
+        let mut h = History::new(&[Bytes::from_static(b"k")]);
+        let w1 = h.begin_write(0, RequestId(1), &[], false, Time(10));
+        h.write_issued(RequestId(1), b"k", dot(1, 1), false, 1)
+            .unwrap();
+        let w2 = h.begin_write(0, RequestId(2), &[w1], false, Time(20));
+        h.write_issued(RequestId(2), b"k", dot(1, 2), false, 1)
+            .unwrap();
+        let w3 = h.begin_write(0, RequestId(3), &[], false, Time(30));
+        h.write_issued(RequestId(3), b"k", dot(2, 1), false, 2)
+            .unwrap();
+        let d4 = h.begin_write(0, RequestId(4), &[w2], true, Time(40));
+        (h, [w1, w2, w3, d4])
+    }
+
+    #[test]
+    fn a_correct_read_passes() {
+        let (mut h, [w1, w2, w3, _]) = history();
+        h.acked(w1, Time(15));
+        h.acked(w2, Time(25));
+        h.acked(w3, Time(35));
+        let snap = h.frontier(0).to_vec();
+        assert_eq!(snap, vec![w2, w3]);
+        assert_eq!(check_read(&h, 0, &[w2, w3], &snap, "read"), Ok(()));
+        // A newer unacknowledged write may stand in for older ones.
+        let (mut h2, [w1, w2, _, _]) = history();
+        h2.acked(w1, Time(15));
+        let snap = h2.frontier(0).to_vec();
+        assert_eq!(check_read(&h2, 0, &[w2], &snap, "read"), Ok(()));
+        assert_eq!(check_final_state(&h2, 0, &[w2]), Ok(()));
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_caught() {
+        let (mut h, [w1, w2, w3, _]) = history();
+        h.acked(w2, Time(25));
+        h.acked(w3, Time(35));
+        let snap = h.frontier(0).to_vec();
+        let e = check_read(&h, 0, &[w2], &snap, "read 9").unwrap_err();
+        assert_eq!(e.oracle, "lost-ack");
+        assert!(
+            e.message.contains("put 3") && e.message.contains("read 9"),
+            "{}",
+            e.message
+        );
+        // An empty read loses both.
+        assert_eq!(
+            check_read(&h, 0, &[], &snap, "read").unwrap_err().oracle,
+            "lost-ack"
+        );
+        assert_eq!(
+            check_final_state(&h, 0, &[w1, w3]).unwrap_err().oracle,
+            "lost-ack"
+        );
+        assert_eq!(check_final_state(&h, 0, &[w2, w3]), Ok(()));
+    }
+
+    #[test]
+    fn a_delete_that_supersedes_excuses_a_missing_write() {
+        let (mut h, [_, w2, _, d4]) = history();
+        h.acked(w2, Time(25));
+        let snap = h.frontier(0).to_vec();
+        // Not yet issued: the missing write is a violation.
+        assert!(check_read(&h, 0, &[], &snap, "read").is_err());
+        h.write_issued(RequestId(4), b"k", dot(3, 1), true, 3)
+            .unwrap();
+        assert_eq!(check_read(&h, 0, &[], &snap, "read"), Ok(()));
+        assert_eq!(check_read(&h, 0, &[d4], &snap, "read"), Ok(()));
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        let (mut h, [w1, w2, _, _]) = history();
+        h.acked(w2, Time(25));
+        let snap = h.frontier(0).to_vec();
+        // Returning the superseded w1 instead of w2 loses w2.
+        let e = check_read(&h, 0, &[w1], &snap, "read").unwrap_err();
+        assert_eq!(e.oracle, "lost-ack");
+        // Next to a descendant of w2 it is not maximal either.
+        let w5 = h.begin_write(0, RequestId(5), &[w2], false, Time(50));
+        let e = check_read(&h, 0, &[w5, w1], &snap, "read").unwrap_err();
+        assert_eq!(e.oracle, "antichain");
+    }
+
+    #[test]
+    fn a_resurrection_after_a_delete_is_caught() {
+        let (mut h, [w1, w2, w3, d4]) = history();
+        h.acked(w2, Time(25));
+        h.write_issued(RequestId(4), b"k", dot(3, 1), true, 3)
+            .unwrap();
+        h.acked(d4, Time(45));
+        let snap = h.frontier(0).to_vec();
+        assert_eq!(snap, vec![d4]);
+        // The tombstone was reaped: an empty read is fine, so is a concurrent value.
+        assert_eq!(check_read(&h, 0, &[], &snap, "read"), Ok(()));
+        assert_eq!(check_read(&h, 0, &[w3], &snap, "read"), Ok(()));
+        // The deleted value coming back is not.
+        let e = check_read(&h, 0, &[w2], &snap, "read 7").unwrap_err();
+        assert_eq!(e.oracle, "stale-read");
+        assert!(
+            e.message
+                .contains("ancestor of acknowledged write delete 4"),
+            "{}",
+            e.message
+        );
+        let e = check_read(&h, 0, &[w1, w3], &snap, "read").unwrap_err();
+        assert_eq!(e.oracle, "stale-read");
+        assert_eq!(
+            check_final_state(&h, 0, &[w2]).unwrap_err().oracle,
+            "stale-read"
+        );
+    }
+
+    #[test]
+    fn a_read_that_is_not_an_antichain_is_caught() {
+        let (h, [w1, w2, w3, _]) = history();
+        let e = check_read(&h, 0, &[w1, w2, w3], &[], "read").unwrap_err();
+        assert_eq!(e.oracle, "antichain");
+        assert!(
+            e.message.contains("write 1") && e.message.contains("descendant 2"),
+            "{}",
+            e.message
+        );
+        assert_eq!(check_read(&h, 0, &[w1, w3], &[], "read"), Ok(()));
+    }
+
+    #[test]
+    fn acknowledgement_needs_w_durable_replicas() {
+        let (mut h, [w1, _, _, d4]) = history();
+        h.acked(w1, Time(15));
+        let yes = [(NodeId(1), true), (NodeId(2), true), (NodeId(3), false)];
+        let no = [(NodeId(1), true), (NodeId(2), false), (NodeId(3), false)];
+        assert_eq!(check_ack_durable(&h, w1, &yes, 2, "ack"), Ok(()));
+        let e = check_ack_durable(&h, w1, &no, 2, "ack").unwrap_err();
+        assert_eq!(e.oracle, "ack-durable");
+        assert!(e.message.contains("n2:missing"), "{}", e.message);
+        assert_eq!(
+            check_ack_durable(&h, d4, &yes, 2, "ack")
+                .unwrap_err()
+                .oracle,
+            "ack-has-dot"
+        );
+    }
+
+    #[test]
+    fn durable_records_are_read_through_the_storage_codec() {
+        use cairn_core::storage::{encode_meta, encode_state, Meta, SCHEMAS};
+        use std::collections::BTreeMap;
+        for schema in SCHEMAS {
+            let mut s = KeyState::new();
+            s.apply_write(&VersionVector::new(), dot(1, 2), Some(encode_value(1, 8)));
+            let mut disk: BTreeMap<Bytes, Bytes> = BTreeMap::new();
+            let covers = |disk: &BTreeMap<Bytes, Bytes>, d: Dot| {
+                durable_covers(|k| disk.get(k), 5, b"k", &[d])
+            };
+            disk.insert(data_key(schema, 5, b"k"), encode_state(schema, &s));
+            assert!(!covers(&disk, dot(1, 1)), "no metadata: nothing is live");
+            let meta = Meta {
+                epoch: 1,
+                next_counter: 0,
+                clean: false,
+                schema,
+                cluster_version: "0.2.0".into(),
+                generation: 1,
+            };
+            disk.insert(Bytes::from_static(META_KEY), encode_meta(&meta));
+            assert!(covers(&disk, dot(1, 1)));
+            assert!(covers(&disk, dot(1, 2)));
+            assert!(!covers(&disk, dot(1, 3)));
+            assert!(!covers(&disk, dot(2, 1)));
+            assert!(!durable_covers(|k| disk.get(k), 5, b"other", &[dot(1, 1)]));
+            let mut torn = encode_state(schema, &s).to_vec();
+            torn.pop();
+            disk.insert(data_key(schema, 5, b"k"), Bytes::from(torn));
+            assert!(!covers(&disk, dot(1, 1)), "a torn record counts");
+        }
+    }
+}

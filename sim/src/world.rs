@@ -1,0 +1,1641 @@
+//! The world: one event queue driving every node, the network, the disks,
+//! the clients and the nemesis in virtual time.
+//!
+//! Events are ordered by (simulated time, sequence number), so ties resolve
+//! in scheduling order and a run is a pure function of its seed. After every
+//! input a node's outputs are drained until `Output::Timeout`; side effects
+//! that reach another node (or a client) always go through the queue, so a
+//! node is never re-entered while its outputs are being applied.
+//!
+//! A run has two phases. In the safety phase clients run and the nemesis
+//! injects faults; oracles judge every read and acknowledgement. In the
+//! liveness phase every fault is healed, crashed nodes restart, clients
+//! finish what they have in flight and stop, and the cluster must converge
+//! (identical replica states, equal Merkle roots, no hints left) within a
+//! bound; then the converged states and a final quorum read of every key are
+//! judged.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use cairn_core::ring::Ring;
+use cairn_core::{
+    ClientError, Context, Event, Input, IoId, IoResult, Node, NodeConfig, NodeId, Output, Quorum,
+    ReadRequest, Request, RequestId, Response, Time,
+};
+
+use crate::clock::Clock;
+use crate::disk::{Disk, DiskStats};
+use crate::history::{encode_value, History, WriteId};
+use crate::nemesis::{Action, Nemesis};
+use crate::network::{Fate, Network};
+use crate::options::Options;
+use crate::oracle::{self, Violation};
+use crate::planted::PlantedBug;
+use crate::report::{FaultStats, Outcome, RunReport, Stats};
+use crate::rng::Seeds;
+use crate::scenario::Scenario;
+use crate::trace::{message_type, DropReason, FaultKind, NodeEventKind, OpOutcome, Record, Trace};
+use crate::workload::{ClientState, Continuation, InFlight, Plan, Step, Then, Workload};
+
+/// Everything needed to run one seed.
+#[derive(Clone)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub scenario: Scenario,
+    pub bugs: Vec<PlantedBug>,
+    /// Write the trace as JSON lines to this file.
+    pub trace: Option<PathBuf>,
+}
+
+/// Outputs one drain may produce before the node is judged to be looping.
+const MAX_OUTPUTS_PER_DRAIN: usize = 1 << 20;
+/// Events one run may process before it is judged not to make progress.
+const MAX_EVENTS: u64 = 100_000_000;
+/// How often the liveness phase checks for convergence.
+const CONVERGENCE_POLL_US: u64 = 100_000;
+/// Pause before a client retries when no node is up, and before a final
+/// read is retried.
+const RETRY_US: u64 = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Safety,
+    Liveness,
+    FinalReads,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeState {
+    Up,
+    ShuttingDown,
+    Down,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        bytes: Bytes,
+        duplicate: bool,
+    },
+    Timer {
+        node: usize,
+        inc: u32,
+        gen: u64,
+    },
+    SyncDone {
+        node: usize,
+        inc: u32,
+        io: IoId,
+        mark: u64,
+    },
+    ReadDone {
+        node: usize,
+        inc: u32,
+        io: IoId,
+    },
+    BackupDone {
+        node: usize,
+        inc: u32,
+        io: IoId,
+        label: String,
+        snapshot: BTreeMap<Bytes, Bytes>,
+    },
+    ClientWake {
+        client: u32,
+    },
+    ClientDeadline {
+        request: RequestId,
+    },
+    Nemesis,
+    ForcedCrash,
+    ForcedPartition,
+    Restart {
+        node: usize,
+        inc: u32,
+    },
+    /// Stop a node after `ShutdownComplete` (clean) or `Halted`.
+    Stop {
+        node: usize,
+        inc: u32,
+        halted: bool,
+    },
+    ShutdownDeadline {
+        node: usize,
+        inc: u32,
+    },
+    Heal {
+        gen: u64,
+    },
+    SafetyEnd,
+    ConvergenceCheck,
+    FinalRead {
+        key: u32,
+    },
+    LivenessDeadline,
+}
+
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.seq == other.seq
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: the heap pops the earliest (time, sequence) first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Slot {
+    id: NodeId,
+    node: Option<Node>,
+    state: NodeState,
+    /// Bumped at every start; events of an older incarnation are ignored.
+    inc: u32,
+    timer_gen: u64,
+    timer_at: Option<Time>,
+    clock: Clock,
+    disk: Disk,
+}
+
+pub struct World {
+    now: Time,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    phase: Phase,
+    seeds: Seeds,
+    scenario: Scenario,
+    options: Options,
+    bugs: Vec<PlantedBug>,
+    members: Vec<NodeId>,
+    ring: Ring,
+    quorum: Quorum,
+    slots: Vec<Slot>,
+    net: Network,
+    nemesis: Nemesis,
+    workload: Workload,
+    history: History,
+    trace: Trace,
+    outbuf: Vec<Output>,
+    outcome: Option<(Outcome, Time)>,
+    partition_gen: u64,
+    faults: FaultStats,
+    events: u64,
+    safety_end: Time,
+    converged_at: Option<Time>,
+    final_todo: BTreeSet<u32>,
+    draining: bool,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    };
+    match crate::take_panic_location() {
+        Some(loc) => format!("{msg} (at {loc})"),
+        None => msg,
+    }
+}
+
+impl World {
+    pub fn new(cfg: &RunConfig, trace: Trace) -> World {
+        let scenario = cfg.scenario.clone();
+        let options = Options::derive(cfg.seed, &scenario);
+        let seeds = Seeds::new(cfg.seed);
+        let n = scenario.nodes as usize;
+        let members: Vec<NodeId> = (1..=scenario.nodes).map(NodeId).collect();
+        let quorum = Quorum {
+            n: scenario.quorum.n,
+            r: scenario.quorum.r,
+            w: scenario.quorum.w,
+        };
+        let ring = Ring::new(
+            &members,
+            scenario.ring_partitions,
+            scenario.vnodes,
+            quorum.n,
+        );
+        let slots = (0..n)
+            .map(|i| Slot {
+                id: members[i],
+                node: None,
+                state: NodeState::Down,
+                inc: 0,
+                timer_gen: 0,
+                timer_at: None,
+                clock: Clock::new(options.clock.drift_ppm[i], options.clock.offset_us[i]),
+                disk: Disk::new(
+                    options.disk.sync_latency_us,
+                    options.disk.read_latency_us,
+                    seeds.node_subsystem(i as u32, "disk"),
+                ),
+            })
+            .collect();
+        let workload = Workload::new(&options.workload, seeds.subsystem("workload"));
+        let history = History::new(&workload.keys);
+        World {
+            now: Time::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            phase: Phase::Safety,
+            seeds,
+            net: Network::new(n, &options.network, seeds.subsystem("network")),
+            nemesis: Nemesis::new(&options.faults, n, seeds.subsystem("nemesis")),
+            scenario,
+            options,
+            bugs: cfg.bugs.clone(),
+            members,
+            ring,
+            quorum,
+            slots,
+            workload,
+            history,
+            trace,
+            outbuf: Vec::with_capacity(256),
+            outcome: None,
+            partition_gen: 0,
+            faults: FaultStats::default(),
+            events: 0,
+            safety_end: Time::ZERO,
+            converged_at: None,
+            final_todo: BTreeSet::new(),
+            draining: false,
+        }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    fn schedule(&mut self, at: Time, ev: Ev) {
+        debug_assert!(at >= self.now, "scheduling into the past");
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn after(&mut self, us: u64, ev: Ev) {
+        let at = Time(self.now.as_micros() + us);
+        self.schedule(at, ev);
+    }
+
+    fn fail(&mut self, outcome: Outcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some((outcome, self.now));
+        }
+    }
+
+    fn violation(&mut self, v: Violation) {
+        self.fail(Outcome::Safety(v));
+    }
+
+    fn record(&mut self, rec: Record<'_>) {
+        self.trace.record(self.now, rec);
+    }
+
+    fn fault(&mut self, kind: FaultKind, node: Option<usize>, detail: u64) {
+        let links = match kind {
+            FaultKind::Partition | FaultKind::Isolate | FaultKind::OneWay => self.net.blocked(),
+            _ => 0,
+        };
+        self.record(Record::Fault {
+            kind,
+            node: node.map_or(0, |i| i as u32 + 1),
+            peer: 0,
+            links,
+            detail,
+        });
+    }
+
+    // ----- the drive loop -------------------------------------------------
+
+    /// Runs to the end: a pass, or the first failure.
+    pub fn run(&mut self) -> (Outcome, Time) {
+        self.record(Record::Phase { name: "safety" });
+        for i in 0..self.slots.len() {
+            self.start_node(i);
+            if self.outcome.is_some() {
+                break;
+            }
+        }
+        for c in 0..self.workload.clients.len() as u32 {
+            let d = self.workload.initial_delay_us();
+            self.after(d, Ev::ClientWake { client: c });
+        }
+        if !self.nemesis.is_idle() {
+            let d = self.nemesis.interval_us();
+            self.after(d, Ev::Nemesis);
+        }
+        let safety_ms = self.scenario.safety_ms;
+        if self.options.faults.require_crash {
+            let d = self.nemesis.early_us(safety_ms);
+            self.after(d, Ev::ForcedCrash);
+        }
+        if self.options.faults.require_partition {
+            let d = self.nemesis.early_us(safety_ms);
+            self.after(d, Ev::ForcedPartition);
+        }
+        self.schedule(Time::from_millis(safety_ms), Ev::SafetyEnd);
+
+        while self.outcome.is_none() && self.phase != Phase::Done {
+            let Some(s) = self.queue.pop() else {
+                self.fail(Outcome::Liveness("the event queue ran dry".into()));
+                break;
+            };
+            debug_assert!(s.at >= self.now);
+            self.now = s.at;
+            self.events += 1;
+            if self.events > MAX_EVENTS {
+                self.fail(Outcome::Liveness(format!(
+                    "no end after {MAX_EVENTS} events (a node keeps asking to be woken without progress?)"
+                )));
+                break;
+            }
+            self.handle(s.ev);
+        }
+        let (outcome, at) = self.outcome.clone().unwrap_or((Outcome::Pass, self.now));
+        let message = outcome.message();
+        self.trace.record(
+            self.now,
+            Record::Outcome {
+                code: outcome.code() as u8,
+                message: &message,
+            },
+        );
+        (outcome, at)
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                from,
+                to,
+                bytes,
+                duplicate,
+            } => self.deliver(from, to, bytes, duplicate),
+            Ev::Timer { node, inc, gen } => {
+                let s = &mut self.slots[node];
+                if s.inc == inc && s.timer_gen == gen && s.node.is_some() {
+                    s.timer_at = None;
+                    self.feed(node, Input::Timeout);
+                }
+            }
+            Ev::SyncDone {
+                node,
+                inc,
+                io,
+                mark,
+            } => {
+                let s = &mut self.slots[node];
+                if s.inc == inc && s.node.is_some() {
+                    s.disk.complete_sync(mark);
+                    self.feed(node, |now| Input::IoDone {
+                        now,
+                        io,
+                        result: IoResult::Synced,
+                    });
+                }
+            }
+            Ev::ReadDone { node, inc, io } => {
+                let s = &mut self.slots[node];
+                if s.inc == inc && s.node.is_some() {
+                    let records = s.disk.load_all();
+                    self.feed(node, |now| Input::IoDone {
+                        now,
+                        io,
+                        result: IoResult::Loaded(records),
+                    });
+                }
+            }
+            Ev::BackupDone {
+                node,
+                inc,
+                io,
+                label,
+                snapshot,
+            } => {
+                let s = &mut self.slots[node];
+                if s.inc == inc && s.node.is_some() {
+                    s.disk.complete_backup(label, snapshot);
+                    self.feed(node, |now| Input::IoDone {
+                        now,
+                        io,
+                        result: IoResult::Synced,
+                    });
+                }
+            }
+            Ev::ClientWake { client } => self.client_wake(client),
+            Ev::ClientDeadline { request } => self.client_deadline(request),
+            Ev::Nemesis => self.nemesis_step(),
+            Ev::ForcedCrash => self.forced_crash(),
+            Ev::ForcedPartition => {
+                if self.phase == Phase::Safety {
+                    let side = self.nemesis.split();
+                    self.apply_action(Action::Split(side));
+                }
+            }
+            Ev::Restart { node, inc } => {
+                let s = &self.slots[node];
+                if s.state == NodeState::Down && s.inc == inc {
+                    self.start_node(node);
+                }
+            }
+            Ev::Stop { node, inc, halted } => {
+                if self.slots[node].inc == inc && self.slots[node].node.is_some() {
+                    if halted {
+                        self.faults.halts += 1;
+                        self.fault(FaultKind::Halted, Some(node), 0);
+                    } else {
+                        self.fault(FaultKind::ShutdownComplete, Some(node), 0);
+                    }
+                    self.stop_node(node);
+                    let d = if self.phase == Phase::Safety {
+                        self.nemesis.restart_delay_us()
+                    } else {
+                        0
+                    };
+                    let inc = self.slots[node].inc;
+                    self.after(d, Ev::Restart { node, inc });
+                }
+            }
+            Ev::ShutdownDeadline { node, inc } => {
+                let s = &self.slots[node];
+                if s.inc == inc && s.state == NodeState::ShuttingDown {
+                    self.faults.shutdown_kills += 1;
+                    self.fault(FaultKind::ShutdownKilled, Some(node), 0);
+                    self.stop_node(node);
+                    let d = if self.phase == Phase::Safety {
+                        self.nemesis.restart_delay_us()
+                    } else {
+                        0
+                    };
+                    let inc = self.slots[node].inc;
+                    self.after(d, Ev::Restart { node, inc });
+                }
+            }
+            Ev::Heal { gen } => {
+                if gen == self.partition_gen && self.net.blocked() != 0 {
+                    self.net.heal();
+                    self.faults.heals += 1;
+                    self.fault(FaultKind::Heal, None, 0);
+                }
+            }
+            Ev::SafetyEnd => self.begin_liveness(),
+            Ev::ConvergenceCheck => self.convergence_check(),
+            Ev::FinalRead { key } => self.final_read(key),
+            Ev::LivenessDeadline => {
+                if matches!(self.phase, Phase::Liveness | Phase::FinalReads) {
+                    let gaps = self.convergence_gaps(8);
+                    let what = if self.phase == Phase::FinalReads {
+                        format!(
+                            "final reads of {} key(s) did not succeed",
+                            self.final_todo.len()
+                        )
+                    } else {
+                        "the cluster did not converge".to_string()
+                    };
+                    self.fail(Outcome::Liveness(format!(
+                        "{what} within {} s of healing: {}",
+                        self.scenario.liveness_ms / 1000,
+                        if gaps.is_empty() {
+                            "no gap found".to_string()
+                        } else {
+                            gaps.join("; ")
+                        }
+                    )));
+                }
+            }
+        }
+    }
+
+    // ----- nodes ----------------------------------------------------------
+
+    fn node_config(&self, i: usize) -> NodeConfig {
+        let s = &self.slots[i];
+        let mut cfg = NodeConfig::new(
+            s.id,
+            self.members.clone(),
+            self.seeds.node_core(i as u32, s.inc),
+        );
+        cfg.quorum = self.quorum;
+        cfg.release = self.scenario.release_of(i as u32);
+        cfg.partitions = self.scenario.ring_partitions;
+        cfg.vnodes = self.scenario.vnodes;
+        for b in &self.bugs {
+            b.apply(&mut cfg.bugs);
+        }
+        cfg
+    }
+
+    fn start_node(&mut self, i: usize) {
+        debug_assert!(!self.draining);
+        self.slots[i].inc += 1;
+        let cfg = self.node_config(i);
+        let now = self.slots[i].clock.local(self.now);
+        let inc = self.slots[i].inc;
+        if inc > 1 {
+            self.faults.restarts += 1;
+            self.fault(FaultKind::Restart, Some(i), inc as u64);
+        }
+        self.record(Record::NodeEvent {
+            node: i as u32 + 1,
+            kind: NodeEventKind::Started,
+            detail: inc as u64,
+        });
+        match catch_unwind(AssertUnwindSafe(|| Node::new(cfg, now))) {
+            Ok(node) => {
+                let s = &mut self.slots[i];
+                s.node = Some(node);
+                s.state = NodeState::Up;
+                s.timer_at = None;
+                s.timer_gen += 1;
+                self.drain(i);
+            }
+            Err(p) => {
+                let msg = panic_message(&*p);
+                self.fail(Outcome::Panic(format!(
+                    "n{} panicked in Node::new: {msg}",
+                    i + 1
+                )));
+            }
+        }
+    }
+
+    /// Takes a node out: the process is gone and its unsynced writes with it.
+    fn stop_node(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        s.node = None;
+        s.state = NodeState::Down;
+        s.timer_at = None;
+        s.timer_gen += 1;
+        s.disk.crash();
+    }
+
+    fn feed(&mut self, i: usize, make: impl FnOnce(Time) -> Input) {
+        debug_assert!(
+            !self.draining,
+            "a node was re-entered while its outputs were applied"
+        );
+        let local = self.slots[i].clock.local(self.now);
+        let input = make(local);
+        let Some(node) = self.slots[i].node.as_mut() else {
+            return;
+        };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| node.handle_input(input))) {
+            let msg = panic_message(&*p);
+            self.fail(Outcome::Panic(format!(
+                "n{} panicked in handle_input at {}: {msg}",
+                i + 1,
+                self.now
+            )));
+            return;
+        }
+        self.drain(i);
+    }
+
+    /// Drains a node's outputs until `Timeout`, then applies them in order.
+    fn drain(&mut self, i: usize) {
+        let mut buf = std::mem::take(&mut self.outbuf);
+        buf.clear();
+        let Some(node) = self.slots[i].node.as_mut() else {
+            self.outbuf = buf;
+            return;
+        };
+        let polled = catch_unwind(AssertUnwindSafe(|| loop {
+            match node.poll_output() {
+                Output::Timeout(at) => return Some(at),
+                o => {
+                    buf.push(o);
+                    if buf.len() > MAX_OUTPUTS_PER_DRAIN {
+                        return None;
+                    }
+                }
+            }
+        }));
+        let timeout = match polled {
+            Ok(Some(at)) => at,
+            Ok(None) => {
+                self.violation(Violation::new(
+                    "bounded-outputs",
+                    format!(
+                        "n{} produced more than {MAX_OUTPUTS_PER_DRAIN} outputs in one drain",
+                        i + 1
+                    ),
+                ));
+                self.outbuf = buf;
+                return;
+            }
+            Err(p) => {
+                let msg = panic_message(&*p);
+                self.fail(Outcome::Panic(format!(
+                    "n{} panicked in poll_output at {}: {msg}",
+                    i + 1,
+                    self.now
+                )));
+                self.outbuf = buf;
+                return;
+            }
+        };
+        self.draining = true;
+        for o in buf.drain(..) {
+            self.apply(i, o);
+        }
+        self.draining = false;
+        self.outbuf = buf;
+        self.arm(i, timeout);
+    }
+
+    fn arm(&mut self, i: usize, local_at: Time) {
+        let now = self.now;
+        let s = &mut self.slots[i];
+        if s.node.is_none() {
+            return;
+        }
+        let at = s.clock.to_sim(local_at, now);
+        if at == s.timer_at {
+            return;
+        }
+        s.timer_gen += 1;
+        s.timer_at = at;
+        let (inc, gen) = (s.inc, s.timer_gen);
+        if let Some(at) = at {
+            self.schedule(at, Ev::Timer { node: i, inc, gen });
+        }
+    }
+
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        let i = (id.0 as usize).checked_sub(1)?;
+        (i < self.slots.len()).then_some(i)
+    }
+
+    fn apply(&mut self, i: usize, o: Output) {
+        match o {
+            Output::Send { to, bytes } => {
+                let Some(j) = self.index_of(to) else {
+                    self.violation(Violation::new(
+                        "membership",
+                        format!("n{} sent a message to {to}, which is not a member", i + 1),
+                    ));
+                    return;
+                };
+                self.send(i, j, bytes);
+            }
+            Output::Write { key, value, .. } => self.slots[i].disk.write(key, value),
+            Output::Sync { io } => {
+                let (at, mark) = self.slots[i].disk.sync(self.now);
+                let inc = self.slots[i].inc;
+                self.schedule(
+                    at,
+                    Ev::SyncDone {
+                        node: i,
+                        inc,
+                        io,
+                        mark,
+                    },
+                );
+            }
+            Output::Read { io, request } => {
+                let ReadRequest::All = request;
+                let at = self.slots[i].disk.read_done_at(self.now);
+                let inc = self.slots[i].inc;
+                self.schedule(at, Ev::ReadDone { node: i, inc, io });
+            }
+            Output::Backup { io, info } => {
+                let (at, snapshot) = self.slots[i].disk.start_backup(self.now);
+                let inc = self.slots[i].inc;
+                self.schedule(
+                    at,
+                    Ev::BackupDone {
+                        node: i,
+                        inc,
+                        io,
+                        label: info.label,
+                        snapshot,
+                    },
+                );
+            }
+            Output::Reply { id, response } => self.on_reply(i, id, response),
+            Output::Event(e) => self.on_event(i, e),
+            Output::Timeout(_) => unreachable!("drain stops at Timeout"),
+        }
+    }
+
+    fn on_event(&mut self, i: usize, e: Event) {
+        let node = i as u32 + 1;
+        match e {
+            Event::WriteIssued {
+                request,
+                key,
+                dot,
+                tombstone,
+            } => {
+                self.record(Record::NodeEvent {
+                    node,
+                    kind: NodeEventKind::WriteIssued,
+                    detail: request.0,
+                });
+                if let Err(v) = self
+                    .history
+                    .write_issued(request, &key, dot, tombstone, node)
+                {
+                    self.violation(v);
+                }
+            }
+            Event::Undecodable { from, reason } => {
+                self.record(Record::NodeEvent {
+                    node,
+                    kind: NodeEventKind::Undecodable,
+                    detail: from.0 as u64,
+                });
+                self.violation(Violation::new(
+                    "decodable",
+                    format!("n{node} could not decode a message from {from}: {reason}"),
+                ));
+            }
+            Event::Recovered { epoch, .. } => self.record(Record::NodeEvent {
+                node,
+                kind: NodeEventKind::Recovered,
+                detail: epoch as u64,
+            }),
+            Event::Serving => self.record(Record::NodeEvent {
+                node,
+                kind: NodeEventKind::Serving,
+                detail: 0,
+            }),
+            Event::ShutdownComplete => {
+                let s = &self.slots[i];
+                if s.state == NodeState::ShuttingDown {
+                    let inc = s.inc;
+                    self.schedule(
+                        self.now,
+                        Ev::Stop {
+                            node: i,
+                            inc,
+                            halted: false,
+                        },
+                    );
+                }
+            }
+            Event::Halted { .. } => {
+                let inc = self.slots[i].inc;
+                self.slots[i].state = NodeState::ShuttingDown;
+                self.schedule(
+                    self.now,
+                    Ev::Stop {
+                        node: i,
+                        inc,
+                        halted: true,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // ----- network --------------------------------------------------------
+
+    fn send(&mut self, from: usize, to: usize, bytes: Bytes) {
+        match self.net.send(self.now, from, to) {
+            Fate::Dropped(reason) => {
+                let msg_type = message_type(&bytes);
+                self.record(Record::Drop {
+                    from: from as u32 + 1,
+                    to: to as u32 + 1,
+                    msg_type,
+                    len: bytes.len() as u32,
+                    reason,
+                });
+            }
+            Fate::Arrives { at, duplicate } => {
+                if let Some(d) = duplicate {
+                    self.schedule(
+                        d,
+                        Ev::Deliver {
+                            from,
+                            to,
+                            bytes: bytes.clone(),
+                            duplicate: true,
+                        },
+                    );
+                }
+                self.schedule(
+                    at,
+                    Ev::Deliver {
+                        from,
+                        to,
+                        bytes,
+                        duplicate: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: usize, to: usize, bytes: Bytes, duplicate: bool) {
+        let msg_type = message_type(&bytes);
+        let len = bytes.len() as u32;
+        let reason = match self.net.arrive(from, to) {
+            Err(r) => Some(r),
+            Ok(()) if self.slots[to].node.is_none() => {
+                self.net.stats.count_drop(DropReason::NodeDown);
+                Some(DropReason::NodeDown)
+            }
+            Ok(()) => None,
+        };
+        let (f, t) = (from as u32 + 1, to as u32 + 1);
+        if let Some(reason) = reason {
+            self.record(Record::Drop {
+                from: f,
+                to: t,
+                msg_type,
+                len,
+                reason,
+            });
+            return;
+        }
+        self.net.stats.delivered += 1;
+        self.record(Record::Deliver {
+            from: f,
+            to: t,
+            msg_type,
+            len,
+            duplicate,
+        });
+        let id = self.slots[from].id;
+        self.feed(to, |now| Input::Message {
+            now,
+            from: id,
+            bytes,
+        });
+    }
+
+    // ----- clients --------------------------------------------------------
+
+    /// Nodes a client may talk to: running and serving ones if any, else any
+    /// running one.
+    fn candidates(&self) -> Vec<usize> {
+        let up: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].state == NodeState::Up)
+            .collect();
+        let serving: Vec<usize> = up
+            .iter()
+            .copied()
+            .filter(|&i| self.slots[i].node.as_ref().is_some_and(|n| n.is_serving()))
+            .collect();
+        if serving.is_empty() {
+            up
+        } else {
+            serving
+        }
+    }
+
+    fn client_wake(&mut self, c: u32) {
+        let state = std::mem::replace(&mut self.workload.clients[c as usize], ClientState::Idle);
+        if self.phase != Phase::Safety {
+            self.workload.clients[c as usize] = match state {
+                ClientState::Busy(r) => ClientState::Busy(r),
+                _ => ClientState::Stopped,
+            };
+            return;
+        }
+        let candidates = self.candidates();
+        match state {
+            ClientState::Busy(r) => {
+                self.workload.clients[c as usize] = ClientState::Busy(r);
+            }
+            ClientState::Stopped => {
+                self.workload.clients[c as usize] = ClientState::Stopped;
+            }
+            ClientState::Ready(cont) => {
+                if candidates.is_empty() {
+                    self.workload.clients[c as usize] = ClientState::Ready(cont);
+                    self.after(RETRY_US, Ev::ClientWake { client: c });
+                    return;
+                }
+                let node = self.workload.pick(&candidates);
+                self.send_write(c, node, cont);
+            }
+            ClientState::Idle => {
+                if candidates.is_empty() {
+                    self.after(RETRY_US, Ev::ClientWake { client: c });
+                    return;
+                }
+                let node = self.workload.pick(&candidates);
+                let (plan, key) = self.workload.pick_plan();
+                match plan {
+                    Plan::BlindPut => self.send_write(
+                        c,
+                        node,
+                        Continuation {
+                            key,
+                            tombstone: false,
+                            preds: Vec::new(),
+                            context: Context::new(),
+                        },
+                    ),
+                    Plan::ReadModifyWrite => self.send_get(Some(c), node, key, Then::Put),
+                    Plan::Delete => self.send_get(Some(c), node, key, Then::Delete),
+                    Plan::Read => self.send_get(Some(c), node, key, Then::Nothing),
+                }
+            }
+        }
+    }
+
+    fn send_get(&mut self, client: Option<u32>, node: usize, key: u32, then: Then) {
+        let id = self.workload.next_request();
+        let acked_before = self.history.frontier(key).to_vec();
+        let request = Request::Get {
+            key: self.workload.keys[key as usize].clone(),
+        };
+        self.workload.stats.gets += 1;
+        self.dispatch(
+            id,
+            InFlight {
+                client,
+                node,
+                key,
+                step: Step::Get { then },
+                sent_at: self.now,
+                acked_before,
+            },
+            request,
+            0,
+        );
+    }
+
+    fn send_write(&mut self, c: u32, node: usize, cont: Continuation) {
+        let id = self.workload.next_request();
+        let write = self
+            .history
+            .begin_write(cont.key, id, &cont.preds, cont.tombstone, self.now);
+        let key = self.workload.keys[cont.key as usize].clone();
+        let (request, step) = if cont.tombstone {
+            self.workload.stats.deletes += 1;
+            (
+                Request::Delete {
+                    key,
+                    context: cont.context,
+                },
+                Step::Delete { write },
+            )
+        } else {
+            self.workload.stats.puts += 1;
+            let value = encode_value(write, self.workload.opts.value_len as usize);
+            (
+                Request::Put {
+                    key,
+                    value,
+                    context: cont.context,
+                },
+                Step::Put { write },
+            )
+        };
+        self.dispatch(
+            id,
+            InFlight {
+                client: Some(c),
+                node,
+                key: cont.key,
+                step,
+                sent_at: self.now,
+                acked_before: Vec::new(),
+            },
+            request,
+            write,
+        );
+    }
+
+    fn dispatch(&mut self, id: RequestId, f: InFlight, request: Request, write: WriteId) {
+        let node = f.node;
+        self.record(Record::ClientSend {
+            client: f.client.map_or(u32::MAX, |c| c),
+            request: id.0,
+            node: node as u32 + 1,
+            op: f.step.kind(),
+            key: f.key,
+            write,
+        });
+        if let Some(c) = f.client {
+            self.workload.clients[c as usize] = ClientState::Busy(id);
+        }
+        self.workload.stats.sent += 1;
+        self.workload.inflight.insert(id, f);
+        let timeout = self.workload.opts.client_timeout_ms * 1000;
+        self.after(timeout, Ev::ClientDeadline { request: id });
+        self.feed(node, |now| Input::Client { now, id, request });
+    }
+
+    /// The client is done with its current operation.
+    fn client_next(&mut self, c: u32) {
+        if self.phase == Phase::Safety {
+            self.workload.clients[c as usize] = ClientState::Idle;
+            let d = self.workload.think_us();
+            self.after(d, Ev::ClientWake { client: c });
+        } else {
+            self.workload.clients[c as usize] = ClientState::Stopped;
+        }
+    }
+
+    fn client_deadline(&mut self, request: RequestId) {
+        let Some(f) = self.workload.inflight.remove(&request) else {
+            return;
+        };
+        self.workload.stats.indeterminate += 1;
+        self.record(Record::ClientDone {
+            client: f.client.map_or(u32::MAX, |c| c),
+            request: request.0,
+            outcome: OpOutcome::GaveUp,
+            siblings: 0,
+        });
+        match f.client {
+            Some(c) => self.client_next(c),
+            None => self.after(RETRY_US, Ev::FinalRead { key: f.key }),
+        }
+    }
+
+    fn on_reply(&mut self, i: usize, id: RequestId, response: Response) {
+        let Some(f) = self.workload.inflight.remove(&id) else {
+            self.workload.stats.late_replies += 1;
+            return;
+        };
+        if f.node != i {
+            self.violation(Violation::new(
+                "reply-routing",
+                format!(
+                    "request {} was sent to n{} but answered by n{}",
+                    id.0,
+                    f.node + 1,
+                    i + 1
+                ),
+            ));
+            return;
+        }
+        let client = f.client.map_or(u32::MAX, |c| c);
+        let what = format!(
+            "{} {} by {} via n{} (sent {}, answered {})",
+            f.step.kind().name(),
+            id.0,
+            match f.client {
+                Some(c) => format!("client {c}"),
+                None => "the final reader".into(),
+            },
+            i + 1,
+            f.sent_at,
+            self.now
+        );
+        match (&f.step, response) {
+            (Step::Get { then }, Response::Read { siblings, context }) => {
+                self.workload.stats.ok += 1;
+                self.record(Record::ClientDone {
+                    client,
+                    request: id.0,
+                    outcome: OpOutcome::Read,
+                    siblings: siblings.len() as u32,
+                });
+                let writes = match self.history.resolve(f.key, &siblings, &what) {
+                    Ok(w) => w,
+                    Err(v) => return self.violation(v),
+                };
+                self.workload.stats.reads_checked += 1;
+                let verdict =
+                    oracle::check_read(&self.history, f.key, &writes, &f.acked_before, &what);
+                self.record(Record::Check {
+                    oracle: "read",
+                    key: f.key,
+                    request: id.0,
+                    ok: verdict.is_ok(),
+                });
+                if let Err(v) = verdict {
+                    return self.violation(v);
+                }
+                match (then, f.client) {
+                    (Then::Final, _) => {
+                        self.final_todo.remove(&f.key);
+                        if self.final_todo.is_empty() {
+                            self.phase = Phase::Done;
+                        }
+                    }
+                    (Then::Put | Then::Delete, Some(c)) if self.phase == Phase::Safety => {
+                        self.workload.clients[c as usize] = ClientState::Ready(Continuation {
+                            key: f.key,
+                            tombstone: *then == Then::Delete,
+                            preds: writes,
+                            context,
+                        });
+                        self.schedule(self.now, Ev::ClientWake { client: c });
+                    }
+                    (_, Some(c)) => self.client_next(c),
+                    (_, None) => {}
+                }
+            }
+            (Step::Put { write } | Step::Delete { write }, Response::Written) => {
+                let write = *write;
+                self.workload.stats.ok += 1;
+                self.record(Record::ClientDone {
+                    client,
+                    request: id.0,
+                    outcome: OpOutcome::Written,
+                    siblings: 0,
+                });
+                self.history.acked(write, self.now);
+                self.workload.stats.acks_checked += 1;
+                let verdict = self.check_ack(write, &what);
+                self.record(Record::Check {
+                    oracle: "ack-durable",
+                    key: f.key,
+                    request: id.0,
+                    ok: verdict.is_ok(),
+                });
+                if let Err(v) = verdict {
+                    return self.violation(v);
+                }
+                if let Some(c) = f.client {
+                    self.client_next(c);
+                }
+            }
+            (_, Response::Error(e)) => {
+                let outcome = match e {
+                    ClientError::Timeout { .. } => {
+                        self.workload.stats.indeterminate += 1;
+                        OpOutcome::TimedOut
+                    }
+                    _ => {
+                        self.workload.stats.failed += 1;
+                        OpOutcome::Failed
+                    }
+                };
+                self.record(Record::ClientDone {
+                    client,
+                    request: id.0,
+                    outcome,
+                    siblings: 0,
+                });
+                match f.client {
+                    Some(c) => self.client_next(c),
+                    None => self.after(RETRY_US, Ev::FinalRead { key: f.key }),
+                }
+            }
+            (step, r) => self.violation(Violation::new(
+                "reply-kind",
+                format!("{what}: a {} was answered with {r:?}", step.kind().name()),
+            )),
+        }
+    }
+
+    fn check_ack(&self, write: WriteId, what: &str) -> Result<(), Violation> {
+        let w = self.history.write(write);
+        let user_key = self.history.key_name(w.key);
+        let partition = self.ring.partition_of(user_key);
+        let holders: Vec<(NodeId, bool)> = self
+            .ring
+            .replicas_of(user_key)
+            .iter()
+            .map(|&r| {
+                let covers = self.index_of(r).is_some_and(|j| {
+                    let disk = &self.slots[j].disk;
+                    oracle::durable_covers(|k| disk.durable(k), partition, user_key, &w.dots)
+                });
+                (r, covers)
+            })
+            .collect();
+        oracle::check_ack_durable(&self.history, write, &holders, self.quorum.w, what)
+    }
+
+    // ----- nemesis --------------------------------------------------------
+
+    fn up_nodes(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].state == NodeState::Up)
+            .collect()
+    }
+
+    fn down_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state != NodeState::Up)
+            .count()
+    }
+
+    fn nemesis_step(&mut self) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        let up = self.up_nodes();
+        let down = self.down_count();
+        if let Some(action) = self.nemesis.choose(&up, down) {
+            self.apply_action(action);
+        }
+        let d = self.nemesis.interval_us();
+        self.after(d, Ev::Nemesis);
+    }
+
+    fn forced_crash(&mut self) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        let up = self.up_nodes();
+        if self.down_count() < self.options.faults.max_down as usize {
+            if let Some(n) = self.nemesis.pick(&up) {
+                return self.apply_action(Action::Crash(n));
+            }
+        }
+        self.after(500_000, Ev::ForcedCrash);
+    }
+
+    fn apply_action(&mut self, action: Action) {
+        match action {
+            Action::Crash(i) => {
+                self.faults.crashes += 1;
+                let pending = self.slots[i].disk.pending_len() as u64;
+                self.fault(FaultKind::Crash, Some(i), pending);
+                self.stop_node(i);
+                let d = self.nemesis.downtime_us();
+                let inc = self.slots[i].inc;
+                self.after(d, Ev::Restart { node: i, inc });
+            }
+            Action::CleanRestart(i) => {
+                self.faults.clean_restarts += 1;
+                self.fault(FaultKind::Shutdown, Some(i), 0);
+                self.slots[i].state = NodeState::ShuttingDown;
+                let inc = self.slots[i].inc;
+                let bound = self.options.faults.shutdown_bound_ms * 1000;
+                self.after(bound, Ev::ShutdownDeadline { node: i, inc });
+                self.feed(i, |now| Input::Shutdown { now });
+            }
+            Action::Split(side) => {
+                self.faults.partitions += 1;
+                self.new_partition();
+                self.net.split(&side);
+                let first = side.first().copied();
+                self.fault(FaultKind::Partition, first, side.len() as u64);
+            }
+            Action::Isolate(i) => {
+                self.faults.isolations += 1;
+                self.new_partition();
+                self.net.split(&[i]);
+                self.fault(FaultKind::Isolate, Some(i), 0);
+            }
+            Action::OneWay(links) => {
+                self.faults.one_way += 1;
+                self.new_partition();
+                for &(a, b) in &links {
+                    self.net.block(a, b);
+                }
+                self.fault(FaultKind::OneWay, None, links.len() as u64);
+            }
+            Action::Clog(i) => {
+                self.faults.clogs += 1;
+                let (delay, len) = self.nemesis.clog_us();
+                let until = Time(self.now.as_micros() + len);
+                for j in 0..self.slots.len() {
+                    self.net.clog(i, j, until, delay);
+                    self.net.clog(j, i, until, delay);
+                }
+                self.fault(FaultKind::Clog, Some(i), delay);
+            }
+            Action::Heal => {
+                self.partition_gen += 1;
+                if self.net.blocked() != 0 {
+                    self.faults.heals += 1;
+                    self.net.heal();
+                    self.fault(FaultKind::Heal, None, 0);
+                }
+                self.net.unclog_all();
+            }
+        }
+    }
+
+    /// A new partition replaces the current one and heals by itself later.
+    fn new_partition(&mut self) {
+        self.partition_gen += 1;
+        self.net.heal();
+        let d = self.nemesis.partition_us();
+        let gen = self.partition_gen;
+        self.after(d, Ev::Heal { gen });
+    }
+
+    // ----- liveness -------------------------------------------------------
+
+    fn begin_liveness(&mut self) {
+        self.phase = Phase::Liveness;
+        self.safety_end = self.now;
+        self.record(Record::Phase { name: "liveness" });
+        self.partition_gen += 1;
+        if self.net.blocked() != 0 {
+            self.faults.heals += 1;
+        }
+        self.net.heal();
+        self.net.unclog_all();
+        self.net.calm();
+        self.fault(FaultKind::Heal, None, 1);
+        for i in 0..self.slots.len() {
+            if self.slots[i].state == NodeState::Down {
+                self.start_node(i);
+            }
+        }
+        for c in 0..self.workload.clients.len() {
+            if !matches!(self.workload.clients[c], ClientState::Busy(_)) {
+                self.workload.clients[c] = ClientState::Stopped;
+            }
+        }
+        self.after(CONVERGENCE_POLL_US, Ev::ConvergenceCheck);
+        let bound = self.scenario.liveness_ms * 1000;
+        self.after(bound, Ev::LivenessDeadline);
+    }
+
+    /// What still keeps the cluster from having converged (at most `limit`
+    /// items). Empty when converged.
+    fn convergence_gaps(&self, limit: usize) -> Vec<String> {
+        let mut gaps = Vec::new();
+        for s in &self.slots {
+            match (&s.node, s.state) {
+                (Some(n), NodeState::Up) if n.is_serving() && !n.is_halted() => {}
+                (Some(n), st) => gaps.push(format!(
+                    "{} is {:?}{}{}",
+                    s.id,
+                    st,
+                    if n.is_serving() { "" } else { ", not serving" },
+                    if n.is_halted() { ", halted" } else { "" }
+                )),
+                (None, st) => gaps.push(format!("{} is {st:?}", s.id)),
+            }
+        }
+        if !gaps.is_empty() {
+            return gaps;
+        }
+        let busy = self.workload.busy();
+        if busy > 0 {
+            gaps.push(format!("{busy} client request(s) still in flight"));
+        }
+        for s in &self.slots {
+            let h = s.node.as_ref().map_or(0, |n| n.hint_count());
+            if h > 0 {
+                gaps.push(format!("{} still holds {h} hint(s)", s.id));
+            }
+        }
+        for k in 0..self.history.key_count() {
+            if gaps.len() >= limit {
+                return gaps;
+            }
+            let key = self.history.key_name(k);
+            let replicas = self.ring.replicas_of(key);
+            let states: Vec<Option<&cairn_core::KeyState>> = replicas
+                .iter()
+                .map(|&r| {
+                    self.index_of(r)
+                        .and_then(|j| self.slots[j].node.as_ref())
+                        .and_then(|n| n.key_state(key))
+                })
+                .collect();
+            if states.windows(2).any(|w| w[0] != w[1]) {
+                let per: Vec<String> = replicas
+                    .iter()
+                    .zip(&states)
+                    .map(|(r, s)| match s {
+                        None => format!("{r}: absent"),
+                        Some(s) => format!(
+                            "{r}: [{}] ctx {:?}",
+                            s.siblings()
+                                .iter()
+                                .map(|x| format!(
+                                    "{}{}",
+                                    x.dot,
+                                    if x.is_tombstone() { "(del)" } else { "" }
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            s.context()
+                                .entries()
+                                .iter()
+                                .map(|(a, c)| format!("n{}.e{}:{c}", a.node.0, a.epoch))
+                                .collect::<Vec<_>>()
+                        ),
+                    })
+                    .collect();
+                gaps.push(format!(
+                    "key {} differs across replicas: {}",
+                    self.history.key_label(k),
+                    per.join(" | ")
+                ));
+            }
+        }
+        for p in 0..self.ring.partitions() {
+            if gaps.len() >= limit {
+                return gaps;
+            }
+            let pref = self.ring.preference(p);
+            let roots: Vec<u64> = pref
+                .iter()
+                .map(|&r| {
+                    self.index_of(r)
+                        .and_then(|j| self.slots[j].node.as_ref())
+                        .map_or(0, |n| n.merkle_root(p))
+                })
+                .collect();
+            if roots.windows(2).any(|w| w[0] != w[1]) {
+                let per: Vec<String> = pref
+                    .iter()
+                    .zip(&roots)
+                    .map(|(r, h)| format!("{r}:{h:016x}"))
+                    .collect();
+                gaps.push(format!(
+                    "partition {p} Merkle roots differ: {}",
+                    per.join(" ")
+                ));
+            }
+        }
+        gaps.truncate(limit);
+        gaps
+    }
+
+    fn convergence_check(&mut self) {
+        if self.phase != Phase::Liveness {
+            return;
+        }
+        if !self.convergence_gaps(1).is_empty() {
+            self.after(CONVERGENCE_POLL_US, Ev::ConvergenceCheck);
+            return;
+        }
+        self.converged_at = Some(self.now);
+        self.record(Record::Phase { name: "converged" });
+        // Judge the converged state of every key.
+        for k in 0..self.history.key_count() {
+            let key = self.history.key_name(k).clone();
+            let first = self.ring.replicas_of(&key)[0];
+            let Some(j) = self.index_of(first) else {
+                continue;
+            };
+            let siblings: Vec<cairn_core::Sibling> = self.slots[j]
+                .node
+                .as_ref()
+                .and_then(|n| n.key_state(&key))
+                .map(|s| s.siblings().to_vec())
+                .unwrap_or_default();
+            let what = format!("the converged state of {first}");
+            let verdict = self
+                .history
+                .resolve(k, &siblings, &what)
+                .and_then(|ws| oracle::check_final_state(&self.history, k, &ws));
+            self.record(Record::Check {
+                oracle: "converged-state",
+                key: k,
+                request: 0,
+                ok: verdict.is_ok(),
+            });
+            if let Err(v) = verdict {
+                return self.violation(v);
+            }
+        }
+        self.phase = Phase::FinalReads;
+        self.record(Record::Phase {
+            name: "final-reads",
+        });
+        for k in 0..self.history.key_count() {
+            self.final_todo.insert(k);
+            self.schedule(self.now, Ev::FinalRead { key: k });
+        }
+        if self.final_todo.is_empty() {
+            self.phase = Phase::Done;
+        }
+    }
+
+    fn final_read(&mut self, key: u32) {
+        if self.phase != Phase::FinalReads || !self.final_todo.contains(&key) {
+            return;
+        }
+        let candidates = self.candidates();
+        if candidates.is_empty() {
+            return self.after(RETRY_US, Ev::FinalRead { key });
+        }
+        let node = candidates[(key as usize + self.events as usize) % candidates.len()];
+        self.send_get(None, node, key, Then::Final);
+    }
+
+    // ----- results --------------------------------------------------------
+
+    pub fn stats(&self) -> Stats {
+        let mut disk = DiskStats::default();
+        for s in &self.slots {
+            disk.writes += s.disk.stats.writes;
+            disk.syncs += s.disk.stats.syncs;
+            disk.reads += s.disk.stats.reads;
+            disk.lost_writes += s.disk.stats.lost_writes;
+            disk.lucky_writes += s.disk.stats.lucky_writes;
+            disk.backups += s.disk.stats.backups;
+        }
+        Stats {
+            sim_end: self.now,
+            safety_end: if self.phase == Phase::Safety {
+                self.now
+            } else {
+                self.safety_end
+            },
+            converged_at: self.converged_at,
+            ops: self.workload.stats,
+            writes: self.history.writes().len() as u64,
+            acked: self.history.acked_count(),
+            faults: self.faults,
+            net: self.net.stats,
+            disk,
+            events: self.events,
+            trace_records: self.trace.records(),
+        }
+    }
+
+    pub fn trace_mut(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+}
+
+/// Runs one seed to completion. Panics in the code under test are caught and
+/// reported as [`Outcome::Panic`].
+pub fn run(cfg: &RunConfig) -> RunReport {
+    let started = std::time::Instant::now();
+    let options = Options::derive(cfg.seed, &cfg.scenario);
+    let bugs: Vec<String> = cfg.bugs.iter().map(|b| b.name.to_string()).collect();
+    let trace = match &cfg.trace {
+        Some(p) => match Trace::to_file(p) {
+            Ok(t) => t,
+            Err(e) => {
+                return RunReport {
+                    seed: cfg.seed,
+                    scenario: cfg.scenario.name.clone(),
+                    bugs,
+                    options,
+                    outcome: Outcome::Liveness(format!(
+                        "cannot create trace file {}: {e}",
+                        p.display()
+                    )),
+                    at: Time::ZERO,
+                    stats: Stats::default(),
+                    trace_hash: 0,
+                    wall: started.elapsed(),
+                }
+            }
+        },
+        None => Trace::new(),
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut world = World::new(cfg, trace);
+        let (outcome, at) = world.run();
+        let write_err = world.trace_mut().finish().err();
+        (
+            outcome,
+            at,
+            world.stats(),
+            world.trace_mut().hash(),
+            write_err,
+        )
+    }));
+    let (outcome, at, stats, trace_hash) = match result {
+        Ok((outcome, at, stats, hash, write_err)) => {
+            if let Some(e) = write_err {
+                eprintln!("warning: writing the trace failed: {e}");
+            }
+            (outcome, at, stats, hash)
+        }
+        Err(p) => (
+            Outcome::Panic(format!("panic outside a node call: {}", panic_message(&*p))),
+            Time::ZERO,
+            Stats::default(),
+            0,
+        ),
+    };
+    RunReport {
+        seed: cfg.seed,
+        scenario: cfg.scenario.name.clone(),
+        bugs,
+        options,
+        outcome,
+        at,
+        stats,
+        trace_hash,
+        wall: started.elapsed(),
+    }
+}

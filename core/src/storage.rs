@@ -174,11 +174,19 @@ pub fn restored_marker() -> Bytes {
     frame_v1(&[])
 }
 
-/// Encodes a key state in the given schema.
-pub fn encode_state(schema: u16, state: &KeyState) -> Bytes {
+/// Encodes a key state in the given schema, to be stored under
+/// `record_key`. The checksum covers the record key too, so a valid record
+/// written under the wrong key (a misdirected write) is caught at load.
+pub fn encode_state(schema: u16, record_key: &[u8], state: &KeyState) -> Bytes {
     let body = postcard::to_allocvec(state).expect("in-memory serialisation cannot fail");
     if schema <= 1 {
-        return frame_v1(&body);
+        let mut out = Vec::with_capacity(6 + body.len());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(
+            &crc32c::crc32c_append(crc32c::crc32c(record_key), &body).to_le_bytes(),
+        );
+        out.extend_from_slice(&body);
+        return Bytes::from(out);
     }
     let (codec, payload) = if body.len() > COMPRESS_OVER {
         match zstd::bulk::compress(&body, 3) {
@@ -193,19 +201,21 @@ pub fn encode_state(schema: u16, state: &KeyState) -> Bytes {
     rest.extend_from_slice(&payload);
     let mut out = Vec::with_capacity(6 + rest.len());
     out.extend_from_slice(&schema.to_le_bytes());
-    out.extend_from_slice(&checksum_v2(schema, &rest).to_le_bytes());
+    out.extend_from_slice(&checksum_v2(record_key, schema, &rest).to_le_bytes());
     out.extend_from_slice(&rest);
     Bytes::from(out)
 }
 
 /// Schemas 2 and up checksum the schema field too, so a damaged schema field
 /// cannot pass for another schema.
-fn checksum_v2(schema: u16, rest: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&schema.to_le_bytes()), rest)
+fn checksum_v2(record_key: &[u8], schema: u16, rest: &[u8]) -> u32 {
+    let c = crc32c::crc32c_append(crc32c::crc32c(record_key), &schema.to_le_bytes());
+    crc32c::crc32c_append(c, rest)
 }
 
-/// Decodes a key's stored state in any schema, checking its invariants.
-pub fn decode_state(bytes: &[u8]) -> Result<KeyState, Error> {
+/// Decodes a key's state stored under `record_key`, in any schema, checking
+/// its checksum and invariants.
+pub fn decode_state(record_key: &[u8], bytes: &[u8]) -> Result<KeyState, Error> {
     if bytes.len() < 6 {
         return Err(Error::Storage(format!(
             "record of {} bytes is too short",
@@ -213,12 +223,17 @@ pub fn decode_state(bytes: &[u8]) -> Result<KeyState, Error> {
         )));
     }
     let schema = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+    let rest = &bytes[6..];
     let body: alloc::borrow::Cow<'_, [u8]> = match schema {
-        1 => unframe_v1(bytes)?.into(),
+        1 => {
+            if crc32c::crc32c_append(crc32c::crc32c(record_key), rest) != crc {
+                return Err(Error::Storage("checksum mismatch".into()));
+            }
+            rest.into()
+        }
         2 | 3 => {
-            let crc = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
-            let rest = &bytes[6..];
-            if checksum_v2(schema, rest) != crc {
+            if checksum_v2(record_key, schema, rest) != crc {
                 return Err(Error::Storage("checksum mismatch".into()));
             }
             match rest.split_first() {
@@ -238,6 +253,13 @@ pub fn decode_state(bytes: &[u8]) -> Result<KeyState, Error> {
             )))
         }
     };
+    if let Some(ks) = key_schema(record_key) {
+        if ks != schema {
+            return Err(Error::Storage(format!(
+                "a schema {schema} value under a schema {ks} key"
+            )));
+        }
+    }
     let state: KeyState =
         postcard::from_bytes(&body).map_err(|e| Error::Storage(format!("body: {e}")))?;
     if !state.is_well_formed() {
@@ -252,7 +274,9 @@ pub fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, Error> {
         META_KEY => Ok(Record::Meta(decode_frozen(value)?)),
         PROGRESS_KEY => Ok(Record::Progress(decode_frozen(value)?)),
         RESTORED_KEY => {
-            unframe_v1(value)?;
+            if value.get(..2) != Some(&1u16.to_le_bytes()[..]) || !unframe_v1(value)?.is_empty() {
+                return Err(Error::Storage("malformed restore marker".into()));
+            }
             Ok(Record::Restored)
         }
         [DATA, s, rest @ ..] if SCHEMAS.contains(&(*s as u16)) => {
@@ -266,14 +290,14 @@ pub fn decode_record(key: &[u8], value: &[u8]) -> Result<Record, Error> {
             Ok(Record::Data {
                 schema,
                 key: Bytes::copy_from_slice(user),
-                state: decode_state(value)?,
+                state: decode_state(key, value)?,
             })
         }
         [HINT, s, a, b, c, d, user @ ..] if SCHEMAS.contains(&(*s as u16)) => Ok(Record::Hint {
             schema: *s as u16,
             target: NodeId(u32::from_be_bytes([*a, *b, *c, *d])),
             key: Bytes::copy_from_slice(user),
-            state: decode_state(value)?,
+            state: decode_state(key, value)?,
         }),
         _ => Err(Error::Storage(format!(
             "unknown record key {:02x?}",
@@ -312,7 +336,7 @@ mod tests {
                 let k = data_key(schema, 7, b"user");
                 assert_eq!(key_schema(&k), Some(schema));
                 assert_eq!(
-                    decode_record(&k, &encode_state(schema, &s)).unwrap(),
+                    decode_record(&k, &encode_state(schema, &k, &s)).unwrap(),
                     Record::Data {
                         schema,
                         key: Bytes::from_static(b"user"),
@@ -321,7 +345,7 @@ mod tests {
                 );
                 let hk = hint_key(schema, NodeId(7), b"user");
                 assert!(matches!(
-                    decode_record(&hk, &encode_state(schema, &s)).unwrap(),
+                    decode_record(&hk, &encode_state(schema, &hk, &s)).unwrap(),
                     Record::Hint {
                         target: NodeId(7),
                         ..
@@ -350,25 +374,35 @@ mod tests {
     #[test]
     fn compression_shrinks_large_values() {
         let s = state(4000);
-        assert!(encode_state(2, &s).len() < encode_state(1, &s).len() / 4);
+        assert!(encode_state(2, b"k", &s).len() < encode_state(1, b"k", &s).len() / 4);
     }
 
     #[test]
     fn corruption_is_detected() {
         for schema in SCHEMAS {
-            let bytes = encode_state(schema, &state(300));
+            let key = data_key(schema, 0, b"k");
+            let bytes = encode_state(schema, &key, &state(300));
+            assert!(decode_record(&key, &bytes).is_ok());
             for i in 0..bytes.len() {
                 let mut b = bytes.to_vec();
                 b[i] ^= 0x40;
                 assert!(
-                    decode_record(&data_key(schema, 0, b"k"), &b).is_err(),
+                    decode_record(&key, &b).is_err(),
                     "schema {schema}: flip at {i} undetected"
                 );
             }
-            assert!(decode_record(&data_key(schema, 0, b"k"), &bytes[..bytes.len() - 1]).is_err());
+            assert!(decode_record(&key, &bytes[..bytes.len() - 1]).is_err());
+            // A valid record under another key: a misdirected write.
+            assert!(decode_record(&data_key(schema, 0, b"other"), &bytes).is_err());
+            assert!(decode_record(&hint_key(schema, NodeId(1), b"k"), &bytes).is_err());
         }
         assert!(decode_record(b"zzz", &[0; 8]).is_err());
         assert!(decode_record(b"", &[]).is_err());
-        assert!(decode_record(&[DATA, 9, 1], &encode_state(1, &state(1))).is_err());
+        assert!(decode_record(&[DATA, 9, 1], &encode_state(1, &[DATA, 9, 1], &state(1))).is_err());
+        // A value of one schema under a key of another.
+        let k1 = data_key(1, 0, b"k");
+        let k2 = data_key(2, 0, b"k");
+        assert!(decode_record(&k1, &encode_state(2, &k1, &state(1))).is_err());
+        assert!(decode_record(&k2, &encode_state(1, &k2, &state(1))).is_err());
     }
 }

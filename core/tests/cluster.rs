@@ -16,11 +16,14 @@ struct Disk {
     pending: Vec<(Bytes, Option<Bytes>)>,
 }
 
+/// A backup: what it is and the durable records it holds.
+type Backup = (BackupInfo, BTreeMap<Bytes, Bytes>);
+
 struct Cluster {
     now: Time,
     releases: BTreeMap<NodeId, ReleaseId>,
     initial_cv: ReleaseId,
-    backups: BTreeMap<NodeId, Vec<(BackupInfo, BTreeMap<Bytes, Bytes>)>>,
+    backups: BTreeMap<NodeId, Vec<Backup>>,
     nodes: BTreeMap<NodeId, Option<Node>>,
     disks: BTreeMap<NodeId, Disk>,
     timers: BTreeMap<NodeId, Time>,

@@ -377,7 +377,8 @@ mod tests {
             let covers = |disk: &BTreeMap<Bytes, Bytes>, d: Dot| {
                 durable_covers(|k| disk.get(k), 5, b"k", &[d])
             };
-            disk.insert(data_key(schema, 5, b"k"), encode_state(schema, &s));
+            let record_key = data_key(schema, 5, b"k");
+            disk.insert(record_key.clone(), encode_state(schema, &record_key, &s));
             assert!(!covers(&disk, dot(1, 1)), "no metadata: nothing is live");
             let meta = Meta {
                 epoch: 1,
@@ -393,7 +394,7 @@ mod tests {
             assert!(!covers(&disk, dot(1, 3)));
             assert!(!covers(&disk, dot(2, 1)));
             assert!(!durable_covers(|k| disk.get(k), 5, b"other", &[dot(1, 1)]));
-            let mut torn = encode_state(schema, &s).to_vec();
+            let mut torn = encode_state(schema, &record_key, &s).to_vec();
             torn.pop();
             disk.insert(data_key(schema, 5, b"k"), Bytes::from(torn));
             assert!(!covers(&disk, dot(1, 1)), "a torn record counts");

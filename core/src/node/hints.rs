@@ -40,9 +40,10 @@ impl Node {
             None => KeyState::new(),
         };
         hint.merge(state);
-        let bytes = storage::encode_state(self.schema, &hint);
+        let record_key = storage::hint_key(self.schema, target, key);
+        let bytes = storage::encode_state(self.schema, &record_key, &hint);
         self.hints.insert(slot, hint);
-        self.write_record(storage::hint_key(self.schema, target, key), Some(bytes));
+        self.write_record(record_key, Some(bytes));
         self.metrics.hints_stored += 1;
         self.emit(Event::HintStored {
             target,

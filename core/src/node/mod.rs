@@ -564,16 +564,17 @@ impl Node {
     /// Stores a key's new state in memory and writes it out.
     fn put_local(&mut self, key: &Bytes, state: Option<KeyState>) {
         let schema = self.schema;
+        let partition = self.ring.partition_of(key);
+        let record_key = storage::data_key(schema, partition, key);
         let bytes = state
             .as_ref()
             .filter(|s| !s.is_empty())
-            .map(|s| storage::encode_state(schema, s));
+            .map(|s| storage::encode_state(schema, &record_key, s));
         if let Some(s) = &state {
             self.note_epochs(s);
         }
-        let partition = self.ring.partition_of(key);
         self.store.set(&self.ring, key, state, self.now);
-        self.write_record(storage::data_key(schema, partition, key), bytes);
+        self.write_record(record_key, bytes);
     }
 
     /// Merges a state received from a peer into the local copy, persisting it

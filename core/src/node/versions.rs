@@ -425,23 +425,26 @@ impl Node {
                 .range::<Bytes, _>((core::ops::Bound::Excluded(c), core::ops::Bound::Unbounded)),
             None => self.store.keys.range::<Bytes, _>(..),
         };
-        let chunk: Vec<(Bytes, u16, u64, Bytes)> = range
+        // (key, partition, the record to write unless already written).
+        type Rewrite = Option<(Bytes, Bytes)>;
+        let chunk: Vec<(Bytes, u16, Rewrite)> = range
             .take(CHUNK)
             .map(|(k, e)| {
-                (
-                    k.clone(),
-                    e.partition,
-                    e.digest,
-                    storage::encode_state(to, &e.state),
-                )
+                // Already written by an interrupted attempt: skip.
+                let write = (self.resume.get(k) != Some(&e.digest)).then(|| {
+                    let record_key = storage::data_key(to, e.partition, k);
+                    let bytes = storage::encode_state(to, &record_key, &e.state);
+                    (record_key, bytes)
+                });
+                (k.clone(), e.partition, write)
             })
             .collect();
         let non_atomic = self.bugs().non_atomic_migration;
-        for (key, partition, digest, bytes) in &chunk {
-            if self.resume.get(key) == Some(digest) {
+        for (key, partition, write) in &chunk {
+            let Some((record_key, bytes)) = write else {
                 continue;
-            }
-            self.write_record(storage::data_key(to, *partition, key), Some(bytes.clone()));
+            };
+            self.write_record(record_key.clone(), Some(bytes.clone()));
             if non_atomic {
                 // Planted bug: rewrite in place, dropping the old record now.
                 self.write_record(storage::data_key(from, *partition, key), None);
@@ -452,7 +455,11 @@ impl Node {
             let hints: Vec<(Bytes, Bytes)> = self
                 .hints
                 .iter()
-                .map(|((t, k), s)| (storage::hint_key(to, *t, k), storage::encode_state(to, s)))
+                .map(|((t, k), s)| {
+                    let record_key = storage::hint_key(to, *t, k);
+                    let bytes = storage::encode_state(to, &record_key, s);
+                    (record_key, bytes)
+                })
                 .collect();
             for (k, v) in hints {
                 self.write_record(k, Some(v));

@@ -1,1 +1,201 @@
-fn main() {}
+//! `cairn`: run a node, a local cluster, a benchmark, or talk to a node.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_node::bench::{self, BenchOptions};
+use cairn_node::client::Client;
+use cairn_node::config::Config;
+use cairn_node::{local_cluster, server};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A Dynamo-style replicated key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Base URL of any node's HTTP API.
+    #[arg(long, env = "CAIRN_NODE", default_value = "http://127.0.0.1:8101")]
+    node: String,
+    /// Bearer token, if the node requires one.
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        /// TOML configuration file; CAIRN_* environment variables override it.
+        #[arg(long, env = "CAIRN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start N nodes on 127.0.0.1 as child processes; Ctrl-C stops them.
+    LocalCluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Directory for configs, data and logs (reused if it exists).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write a value.
+    Put {
+        key: String,
+        value: String,
+        /// Causal context from a previous read.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Read a key: prints every concurrent value, then the context on stderr.
+    Get {
+        key: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Show a node's status (versions, peers, drift) as JSON.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Measure puts/s and latency on a 3-node loopback cluster.
+    Bench {
+        /// Concurrent clients, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        clients: Vec<usize>,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Unmeasured warm-up seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Measure an etcd cluster instead (comma-separated client URLs).
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Directory for the cairn cluster (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON rows instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            server::init_logging(cfg.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let code = rt.block_on(server::serve(cfg));
+            // Do not wait for blocked tasks (for example a wedged disk).
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(ExitCode::from(code as u8))
+        }
+        Command::LocalCluster { nodes, dir } => {
+            local_cluster::run(nodes, &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put {
+            key,
+            value,
+            context,
+            node,
+        } => {
+            client(&node).put(&key, value.as_bytes(), context.as_deref())?;
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { key, node } => {
+            let r = client(&node).get(&key)?;
+            let mut out = std::io::stdout().lock();
+            for v in &r.values {
+                out.write_all(v)?;
+                out.write_all(b"\n")?;
+            }
+            eprintln!("context: {}", r.context);
+            if r.values.is_empty() {
+                eprintln!("not found");
+                return Ok(ExitCode::from(4));
+            }
+            if r.values.len() > 1 {
+                eprintln!("{} concurrent values (siblings)", r.values.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { key, context, node } => {
+            client(&node).delete(&key, context.as_deref())?;
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { node } => {
+            let s = client(&node).json("/v1/status")?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            clients,
+            seconds,
+            warmup,
+            value_size,
+            etcd,
+            dir,
+            json,
+        } => {
+            bench::run(BenchOptions {
+                clients,
+                duration: Duration::from_secs_f64(seconds),
+                warmup: Duration::from_secs_f64(warmup),
+                value_size,
+                etcd,
+                dir,
+                json,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn client(args: &NodeArgs) -> Client {
+    Client::new(&args.node, args.token.clone())
+}

@@ -1,0 +1,420 @@
+//! The driver: the one task that owns the core [`Node`].
+//!
+//! It turns real events (peer frames, HTTP requests, storage completions,
+//! the clock) into core inputs, and after every input drains
+//! [`Node::poll_output`] until `Output::Timeout`, carrying out each output:
+//! envelopes go to the peer transport, writes are buffered and handed to the
+//! storage task with the next sync, replies go back to the waiting HTTP
+//! handler, events are logged, and the timeout becomes the next deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cairn_core::api::ReadRequest;
+use cairn_core::node::{Metrics, Phase};
+use cairn_core::version::Release;
+use cairn_core::wire::MemberInfo;
+use cairn_core::{
+    ClientError, Event, Input, IoId, IoResult, Node, NodeId, Output, Request, RequestId, Response,
+    Time,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peers::PeerSender;
+use crate::storage::{Job, WriteOp};
+
+/// What other tasks ask of the driver.
+pub enum DriverMsg {
+    /// One envelope from an authenticated peer.
+    Peer { from: NodeId, bytes: Bytes },
+    /// A client request; the answer goes to `reply`.
+    Client {
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// A copy of the node's state for status and metrics pages.
+    Snapshot { reply: oneshot::Sender<Snapshot> },
+    /// Begin a clean shutdown.
+    Shutdown,
+}
+
+/// A peer as the core sees it.
+#[derive(Clone, Debug)]
+pub struct PeerSnapshot {
+    pub id: NodeId,
+    pub protocol: Option<u16>,
+    pub up: bool,
+    pub refused: Option<String>,
+    pub info: Option<MemberInfo>,
+}
+
+/// The node's state at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub id: NodeId,
+    pub epoch: u32,
+    pub phase: Phase,
+    pub release: &'static Release,
+    pub self_info: MemberInfo,
+    pub peers: Vec<PeerSnapshot>,
+    pub metrics: Metrics,
+    pub hints: usize,
+    pub keys: usize,
+    pub pending_ops: usize,
+    pub halt_reason: Option<String>,
+}
+
+/// How the driver stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverExit {
+    /// A clean shutdown completed.
+    Stopped,
+    /// A fatal storage error: the process must exit non-zero and be restarted.
+    Halted(String),
+    /// Every handle was dropped.
+    Closed,
+}
+
+/// A cheap handle for HTTP handlers.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<DriverMsg>,
+    ready: Arc<AtomicBool>,
+}
+
+impl DriverHandle {
+    /// Sends a client request and waits for the core's answer.
+    pub async fn request(&self, request: Request) -> Response {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(DriverMsg::Client { request, reply })
+            .await
+            .is_err()
+        {
+            return Response::Error(ClientError::Unavailable("node is stopping".into()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Response::Error(ClientError::Unavailable("node is stopping".into()))
+        })
+    }
+
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(DriverMsg::Snapshot { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(DriverMsg::Shutdown).await;
+    }
+
+    /// True while the core serves requests.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn sender(&self) -> mpsc::Sender<DriverMsg> {
+        self.tx.clone()
+    }
+}
+
+/// Creates the driver's inbox. Start the driver with [`Driver::run`].
+pub fn channel(capacity: usize) -> (DriverHandle, mpsc::Receiver<DriverMsg>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        DriverHandle {
+            tx,
+            ready: Arc::new(AtomicBool::new(false)),
+        },
+        rx,
+    )
+}
+
+pub struct Driver {
+    node: Node,
+    origin: Instant,
+    peers: PeerSender,
+    storage: mpsc::UnboundedSender<Job>,
+    /// Writes since the last sync, handed to the storage task with it.
+    pending_writes: Vec<WriteOp>,
+    /// Completions the driver answers itself, fed back after the drain.
+    deferred_io: Vec<(IoId, IoResult)>,
+    replies: HashMap<RequestId, oneshot::Sender<Response>>,
+    next_request: u64,
+    deadline: Time,
+    ready: Arc<AtomicBool>,
+    stopped: bool,
+    halted: Option<String>,
+}
+
+/// Microseconds added to the monotonic clock so time never starts at zero.
+const TIME_BASE: u64 = 1_000_000;
+
+impl Driver {
+    /// Builds the driver around a fresh node. The node's first outputs (the
+    /// storage read) are carried out when `run` starts.
+    pub fn new(
+        cfg: cairn_core::NodeConfig,
+        handle: &DriverHandle,
+        peers: PeerSender,
+        storage: mpsc::UnboundedSender<Job>,
+    ) -> Driver {
+        let origin = Instant::now();
+        let node = Node::new(cfg, Time(TIME_BASE));
+        Driver {
+            node,
+            origin,
+            peers,
+            storage,
+            pending_writes: Vec::new(),
+            deferred_io: Vec::new(),
+            replies: HashMap::new(),
+            next_request: 1,
+            deadline: Time::MAX,
+            ready: handle.ready.clone(),
+            stopped: false,
+            halted: None,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time(TIME_BASE + self.origin.elapsed().as_micros() as u64)
+    }
+
+    /// Runs until a clean shutdown completes, the node halts, or every input
+    /// source is gone.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<DriverMsg>,
+        mut io_done: mpsc::Receiver<(IoId, IoResult)>,
+    ) -> DriverExit {
+        self.drain();
+        loop {
+            if self.stopped {
+                return DriverExit::Stopped;
+            }
+            if let Some(reason) = self.halted.take() {
+                self.fail_waiting(&format!("node halted: {reason}"));
+                return DriverExit::Halted(reason);
+            }
+            let sleep_for = self
+                .deadline
+                .0
+                .saturating_sub(self.now().0)
+                .min(3_600_000_000);
+            let sleep = tokio::time::sleep(std::time::Duration::from_micros(sleep_for));
+            tokio::select! {
+                biased;
+                done = io_done.recv() => {
+                    let Some((io, result)) = done else { return DriverExit::Closed };
+                    let now = self.now();
+                    self.input(Input::IoDone { now, io, result });
+                }
+                msg = inbox.recv() => {
+                    let Some(msg) = msg else { return DriverExit::Closed };
+                    self.handle_msg(msg);
+                }
+                _ = sleep => {
+                    let now = self.now();
+                    self.deadline = Time::MAX;
+                    self.input(Input::Timeout(now));
+                }
+            }
+        }
+    }
+
+    fn handle_msg(&mut self, msg: DriverMsg) {
+        let now = self.now();
+        match msg {
+            DriverMsg::Peer { from, bytes } => self.input(Input::Message { now, from, bytes }),
+            DriverMsg::Client { request, reply } => {
+                let id = RequestId(self.next_request);
+                self.next_request += 1;
+                self.replies.insert(id, reply);
+                self.input(Input::Client { now, id, request });
+            }
+            DriverMsg::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            DriverMsg::Shutdown => {
+                tracing::info!("clean shutdown requested");
+                self.input(Input::Shutdown { now });
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        self.node.handle_input(input);
+        self.drain();
+        while !self.deferred_io.is_empty() {
+            for (io, result) in std::mem::take(&mut self.deferred_io) {
+                let now = self.now();
+                self.node.handle_input(Input::IoDone { now, io, result });
+                self.drain();
+            }
+        }
+    }
+
+    /// Carries out every output up to and including the next timeout.
+    fn drain(&mut self) {
+        loop {
+            match self.node.poll_output() {
+                Output::Timeout(at) => {
+                    self.deadline = at;
+                    break;
+                }
+                Output::Send { to, bytes } => self.peers.send(to, bytes),
+                Output::Write { key, value, .. } => self.pending_writes.push((key, value)),
+                Output::Sync { io } => {
+                    let writes = std::mem::take(&mut self.pending_writes);
+                    if self.storage.send(Job::Sync { io, writes }).is_err() {
+                        self.halted = Some("storage task is gone".into());
+                    }
+                }
+                Output::Read {
+                    io,
+                    request: ReadRequest::All,
+                } => {
+                    if self.storage.send(Job::ReadAll { io }).is_err() {
+                        self.halted = Some("storage task is gone".into());
+                    }
+                }
+                Output::Backup { io, .. } => {
+                    // Backups are not provided by this driver yet; the core
+                    // reports the failure to whoever asked for one.
+                    self.deferred_io.push((
+                        io,
+                        IoResult::Failed("backups are not supported by this node binary".into()),
+                    ));
+                }
+                Output::Reply { id, response } => {
+                    if let Some(tx) = self.replies.remove(&id) {
+                        let _ = tx.send(response);
+                    }
+                }
+                Output::Event(e) => self.event(e),
+            }
+        }
+        self.ready.store(self.node.is_serving(), Ordering::Relaxed);
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Recovered {
+                epoch,
+                clean,
+                records,
+                corrupt,
+            } => {
+                if corrupt > 0 {
+                    tracing::error!(
+                        epoch,
+                        clean,
+                        records,
+                        corrupt,
+                        "storage loaded with corrupt records; they will be repaired from replicas"
+                    );
+                } else {
+                    tracing::info!(epoch, clean, records, "storage loaded");
+                }
+            }
+            Event::Serving => tracing::info!(epoch = self.node.epoch(), "serving"),
+            Event::ShutdownComplete => {
+                tracing::info!("clean shutdown complete");
+                self.stopped = true;
+            }
+            Event::Halted { reason } => {
+                tracing::error!(%reason, "node halted");
+                self.halted = Some(reason);
+            }
+            Event::PeerRefused { peer, reason } => {
+                tracing::error!(%peer, %reason, "peer handshake refused");
+            }
+            Event::PeerConnected { peer, protocol } => {
+                tracing::info!(%peer, protocol, "peer handshake complete");
+            }
+            Event::PeerLiveness { peer, up } => {
+                tracing::info!(%peer, up, "peer liveness changed");
+            }
+            Event::Undecodable { from, reason } => {
+                tracing::warn!(peer = %from, %reason, "undecodable message dropped");
+            }
+            Event::UnknownMessage { from, msg_type } => {
+                tracing::debug!(peer = %from, msg_type, "unknown message type dropped");
+            }
+            Event::CorruptRecord { key } => {
+                tracing::error!(key = %escape(&key), "corrupt record detected; not served, will be repaired");
+            }
+            Event::HintStored { target, key } => {
+                tracing::debug!(%target, key = %escape(&key), "hint stored");
+            }
+            Event::HintDelivered { target, key } => {
+                tracing::debug!(%target, key = %escape(&key), "hint delivered");
+            }
+            Event::HintDropped { target, key } => {
+                tracing::warn!(%target, key = %escape(&key), "hint store full; hint dropped");
+            }
+            Event::ReadRepair { key, target } => {
+                tracing::debug!(%target, key = %escape(&key), "read repair");
+            }
+            Event::AntiEntropy {
+                partition,
+                peer,
+                keys,
+            } => {
+                tracing::debug!(partition, %peer, keys, "anti-entropy exchange repaired keys");
+            }
+            Event::TombstoneReaped { key } => {
+                tracing::trace!(key = %escape(&key), "tombstone reaped");
+            }
+            Event::WriteIssued { .. } => {}
+            Event::Refusing { reason } => {
+                tracing::error!(%reason, "refusing to serve");
+            }
+            other => tracing::info!(event = ?other, "core event"),
+        }
+    }
+
+    fn fail_waiting(&mut self, why: &str) {
+        for (_, tx) in self.replies.drain() {
+            let _ = tx.send(Response::Error(ClientError::Unavailable(why.to_string())));
+        }
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let n = &self.node;
+        Snapshot {
+            id: n.id(),
+            epoch: n.epoch(),
+            phase: n.phase(),
+            release: n.release(),
+            self_info: n.self_info(),
+            peers: n
+                .peers()
+                .into_iter()
+                .map(|p| PeerSnapshot {
+                    id: p.id,
+                    protocol: p.protocol,
+                    up: p.up,
+                    refused: p.refused,
+                    info: p.info,
+                })
+                .collect(),
+            metrics: n.metrics().clone(),
+            hints: n.hint_count(),
+            keys: n.keys().count(),
+            pending_ops: n.pending_ops(),
+            halt_reason: n.halt_reason().map(str::to_string),
+        }
+    }
+}
+
+/// A key as printable text: UTF-8 as is, other bytes escaped.
+pub fn escape(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}

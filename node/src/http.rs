@@ -1,0 +1,526 @@
+//! The client HTTP API (axum).
+//!
+//! | method | path            | answer |
+//! |--------|-----------------|--------|
+//! | PUT    | `/v1/kv/{key}`  | body = value; `X-Cairn-Context` = context from a read (optional). 204 when W replicas made it durable |
+//! | GET    | `/v1/kv/{key}`  | one value: 200, raw body; several concurrent values: 300 + JSON; none: 404. Always `X-Cairn-Context` |
+//! | DELETE | `/v1/kv/{key}`  | `X-Cairn-Context` as for PUT; 204 |
+//! | GET    | `/v1/status`    | node, versions, peers and drift (JSON) |
+//! | GET    | `/v1/version`   | this binary's release, protocol range and schema (JSON) |
+//! | GET    | `/health`       | 200 while the process runs |
+//! | GET    | `/ready`        | 200 while the node serves, else 503 |
+//! | GET    | `/metrics`      | Prometheus text format |
+//!
+//! With `Accept: application/json`, GET always answers JSON:
+//! `{"key": ..., "context": ..., "siblings": [{"value": ..., "encoding": "utf8"|"base64", "dot": ...}]}`.
+//! The context is URL-safe base64 (no padding) of the core's encoded causal
+//! context; pass it back unchanged on the next write to supersede what was
+//! read. Errors are JSON `{"error": ..., "kind": ...}`: 400 bad key or
+//! context, 401 missing token, 413 value too large, 429 overloaded, 503 no
+//! quorum or node unavailable (the message says which).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes as BodyBytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use cairn_core::api::{decode_context, encode_context};
+use cairn_core::version::ReleaseId;
+use cairn_core::{ClientError, Context, NodeId, Request, Response};
+use serde_json::{json, Value};
+
+use crate::driver::{DriverHandle, Snapshot};
+use crate::metrics::NodeMetrics;
+use crate::peers::TransportStats;
+
+/// The header carrying the causal context.
+pub const CONTEXT_HEADER: &str = "x-cairn-context";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub driver: DriverHandle,
+    pub metrics: Arc<NodeMetrics>,
+    pub transport: Arc<TransportStats>,
+    pub token: Option<Arc<str>>,
+    pub members: Arc<BTreeMap<NodeId, SocketAddr>>,
+    pub max_key_len: usize,
+    pub max_value_len: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.max_value_len;
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/status", get(status))
+        .route("/v1/version", get(version))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A failed request: status code, a machine-readable kind and the reason.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        (
+            self.status,
+            Json(json!({"error": self.message, "kind": self.kind})),
+        )
+            .into_response()
+    }
+}
+
+fn error(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Maps a core error to a status code; the message is the core's reason.
+fn client_error(e: &ClientError) -> ApiError {
+    let (status, kind) = match e {
+        ClientError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ClientError::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_timeout"),
+        ClientError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+        ClientError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        ClientError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+    };
+    error(status, kind, e.to_string())
+}
+
+fn outcome_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        300 => "siblings",
+        404 => "not_found",
+        400..=499 => "bad_request",
+        _ => "unavailable",
+    }
+}
+
+impl AppState {
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Constant-time comparison: the token is a credential.
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            ))
+        }
+    }
+
+    fn key(&self, key: String) -> Result<Bytes, ApiError> {
+        if key.is_empty() {
+            return Err(error(StatusCode::BAD_REQUEST, "bad_key", "empty key"));
+        }
+        if key.len() > self.max_key_len {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_key",
+                format!(
+                    "key of {} bytes exceeds the limit of {}",
+                    key.len(),
+                    self.max_key_len
+                ),
+            ));
+        }
+        Ok(Bytes::from(key))
+    }
+
+    /// Runs one KV operation, recording its metrics.
+    async fn kv(
+        &self,
+        op: &'static str,
+        headers: &HeaderMap,
+        f: impl std::future::Future<Output = Result<HttpResponse, ApiError>>,
+    ) -> HttpResponse {
+        let started = Instant::now();
+        let resp = match self.authorize(headers) {
+            Err(e) => e.into_response(),
+            Ok(()) => f.await.unwrap_or_else(IntoResponse::into_response),
+        };
+        self.metrics.observe(
+            op,
+            outcome_of(resp.status()),
+            started.elapsed().as_secs_f64(),
+        );
+        resp
+    }
+}
+
+/// Encodes a context for the header.
+pub fn context_to_header(ctx: &Context) -> String {
+    URL_SAFE_NO_PAD.encode(encode_context(ctx))
+}
+
+/// Parses the context header; absent or empty means "saw nothing".
+fn context_from(headers: &HeaderMap) -> Result<Context, ApiError> {
+    let Some(v) = headers.get(CONTEXT_HEADER) else {
+        return Ok(Context::default());
+    };
+    let bad = |why: String| error(StatusCode::BAD_REQUEST, "bad_context", why);
+    let s = v
+        .to_str()
+        .map_err(|_| bad("context header is not ASCII".into()))?
+        .trim();
+    if s.is_empty() {
+        return Ok(Context::default());
+    }
+    let raw = URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .or_else(|_| STANDARD.decode(s))
+        .map_err(|e| bad(format!("context is not base64: {e}")))?;
+    decode_context(&raw).map_err(|e| bad(e.to_string()))
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+async fn get_key(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    st.clone()
+        .kv("get", &headers, async {
+            let key = st.key(key)?;
+            let resp = st.driver.request(Request::Get { key: key.clone() }).await;
+            let (siblings, context) = match resp {
+                Response::Read { siblings, context } => (siblings, context),
+                Response::Error(e) => return Err(client_error(&e)),
+                _ => {
+                    return Err(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "unexpected answer to a read",
+                    ))
+                }
+            };
+            let ctx = context_to_header(&context);
+            let live: Vec<_> = siblings.iter().filter(|s| s.value.is_some()).collect();
+            let ctx_header = HeaderValue::from_str(&ctx)
+                .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad context"))?;
+            if !wants_json(&headers) && live.len() == 1 {
+                let value = live[0].value.clone().unwrap_or_default();
+                return Ok((
+                    StatusCode::OK,
+                    [
+                        (header::HeaderName::from_static(CONTEXT_HEADER), ctx_header),
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/octet-stream"),
+                        ),
+                    ],
+                    value,
+                )
+                    .into_response());
+            }
+            let status = match live.len() {
+                0 => StatusCode::NOT_FOUND,
+                1 => StatusCode::OK,
+                _ if wants_json(&headers) => StatusCode::OK,
+                _ => StatusCode::MULTIPLE_CHOICES,
+            };
+            let sibs: Vec<Value> = live
+                .iter()
+                .map(|s| {
+                    let v = s.value.as_ref().map(|b| b.as_ref()).unwrap_or_default();
+                    let (value, encoding) = match std::str::from_utf8(v) {
+                        Ok(t) => (t.to_string(), "utf8"),
+                        Err(_) => (STANDARD.encode(v), "base64"),
+                    };
+                    json!({"value": value, "encoding": encoding, "dot": s.dot.to_string()})
+                })
+                .collect();
+            let body = json!({
+                "key": String::from_utf8_lossy(&key),
+                "context": ctx,
+                "siblings": sibs,
+            });
+            Ok((
+                status,
+                [(header::HeaderName::from_static(CONTEXT_HEADER), ctx_header)],
+                Json(body),
+            )
+                .into_response())
+        })
+        .await
+}
+
+async fn write(st: &AppState, request: Request) -> Result<HttpResponse, ApiError> {
+    match st.driver.request(request).await {
+        Response::Written => Ok(StatusCode::NO_CONTENT.into_response()),
+        Response::Error(e) => Err(client_error(&e)),
+        _ => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to a write",
+        )),
+    }
+}
+
+async fn put_key(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: BodyBytes,
+) -> HttpResponse {
+    st.clone()
+        .kv("put", &headers, async {
+            let key = st.key(key)?;
+            let context = context_from(&headers)?;
+            write(
+                &st,
+                Request::Put {
+                    key,
+                    value: body,
+                    context,
+                },
+            )
+            .await
+        })
+        .await
+}
+
+async fn delete_key(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    st.clone()
+        .kv("delete", &headers, async {
+            let key = st.key(key)?;
+            let context = context_from(&headers)?;
+            write(&st, Request::Delete { key, context }).await
+        })
+        .await
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(st): State<AppState>) -> HttpResponse {
+    if st.driver.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> HttpResponse {
+    let snap = st.driver.snapshot().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(snap.as_ref()),
+    )
+        .into_response()
+}
+
+/// This binary's release table row as JSON.
+pub fn version_json(release: &cairn_core::version::Release) -> Value {
+    json!({
+        "release": release.version,
+        "protocols": {"min": release.protocols.min, "max": release.protocols.max},
+        "schema": release.schema,
+        "features": release.features.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
+    })
+}
+
+async fn version(State(st): State<AppState>) -> Json<Value> {
+    let mut v = match st.driver.snapshot().await {
+        Some(s) => version_json(s.release),
+        None => version_json(ReleaseId::current().release()),
+    };
+    v["binary"] = json!(env!("CARGO_PKG_VERSION"));
+    v["releases_supported"] = json!(cairn_core::version::RELEASES
+        .iter()
+        .map(|r| r.version)
+        .collect::<Vec<_>>());
+    Json(v)
+}
+
+/// Parses "a.b.c" for ordering; unparsable parts count as zero.
+fn semver(v: &str) -> (u64, u64, u64) {
+    let mut it = v
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}
+
+fn drift(release: &str, newest: &str) -> String {
+    if semver(release) >= semver(newest) {
+        "current".into()
+    } else {
+        format!("behind {newest}")
+    }
+}
+
+/// The status document for a snapshot.
+pub fn status_json(
+    s: &Snapshot,
+    members: &BTreeMap<NodeId, SocketAddr>,
+    transport: &TransportStats,
+    ready: bool,
+) -> Value {
+    let mut newest = s.release.version.to_string();
+    for p in &s.peers {
+        if let Some(info) = &p.info {
+            if semver(&info.release) > semver(&newest) {
+                newest = info.release.clone();
+            }
+        }
+    }
+    let peers: Vec<Value> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let link = transport.link(p.id);
+            let mut v = json!({
+                "id": p.id.0,
+                "node": p.id.to_string(),
+                "addr": members.get(&p.id).map(|a| a.to_string()),
+                "up": p.up,
+                "protocol": p.protocol,
+                "refused": p.refused,
+                "connected": link.connected,
+                "transport_error": link.last_error,
+            });
+            if let Some(info) = &p.info {
+                v["release"] = json!(info.release);
+                v["protocols"] = json!({"min": info.protocols.min, "max": info.protocols.max});
+                v["schema"] = json!(info.schema);
+                v["epoch"] = json!(info.epoch);
+                v["health"] = json!(format!("{:?}", info.health));
+                v["cluster_version"] = json!(info.cluster_version);
+                v["drift"] = json!(drift(&info.release, &newest));
+            } else {
+                v["release"] = Value::Null;
+                v["health"] = json!("unknown");
+                v["drift"] = json!("unknown");
+            }
+            v
+        })
+        .collect();
+    json!({
+        "id": s.id.0,
+        "node": s.id.to_string(),
+        "release": s.release.version,
+        "protocols": {"min": s.release.protocols.min, "max": s.release.protocols.max},
+        "schema": s.self_info.schema,
+        "release_schema": s.release.schema,
+        "epoch": s.epoch,
+        "phase": format!("{:?}", s.phase),
+        "health": format!("{:?}", s.self_info.health),
+        "ready": ready,
+        "cluster_version": s.self_info.cluster_version,
+        "newest_release_seen": newest,
+        "drift": drift(s.release.version, &newest),
+        "keys": s.keys,
+        "hints": s.hints,
+        "pending_ops": s.pending_ops,
+        "halt_reason": s.halt_reason,
+        "peers": peers,
+    })
+}
+
+async fn status(State(st): State<AppState>) -> HttpResponse {
+    match st.driver.snapshot().await {
+        Some(s) => Json(status_json(
+            &s,
+            &st.members,
+            &st.transport,
+            st.driver.is_ready(),
+        ))
+        .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "node is stopping",
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_orders_releases() {
+        assert_eq!(drift("0.2.0", "0.2.0"), "current");
+        assert_eq!(drift("0.1.0", "0.2.0"), "behind 0.2.0");
+        assert_eq!(drift("0.10.0", "0.9.0"), "current");
+    }
+
+    #[test]
+    fn context_header_round_trips() {
+        let ctx = Context::default();
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTEXT_HEADER,
+            HeaderValue::from_str(&context_to_header(&ctx)).unwrap(),
+        );
+        assert_eq!(context_from(&h).unwrap(), ctx);
+        h.insert(CONTEXT_HEADER, HeaderValue::from_static("!!!"));
+        assert_eq!(
+            context_from(&h).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        h.insert(CONTEXT_HEADER, HeaderValue::from_static("AQID"));
+        assert_eq!(
+            context_from(&h).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! cairn-node: the production driver of the sans-IO core.
+//!
+//! The core (`cairn-core`) decides everything; this crate gives it real time,
+//! real TCP and real storage:
+//! - [`config`]: the TOML file, environment overrides and validation.
+//! - [`driver`]: the one task that owns the core `Node` and drains its outputs.
+//! - [`storage`]: fjall on the blocking pool, with group commit.
+//! - [`peers`]: authenticated TCP connections carrying core envelopes.
+//! - [`http`]: the client API, status, health and metrics endpoints.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: `cairn serve`, wiring the above and handling signals.
+//! - [`client`], [`local_cluster`], [`bench`]: the CLI's tools.
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod http;
+pub mod local_cluster;
+pub mod metrics;
+pub mod peers;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,299 @@
+//! `cairn local-cluster`: N nodes on 127.0.0.1 as child processes of this
+//! binary, each with its own config file, data directory and log file in one
+//! directory. Starting again on the same directory reuses the configs (same
+//! ports, same secret) and the data.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rand::RngCore;
+
+use crate::client::Client;
+use crate::config::{FileConfig, QuorumFile};
+
+/// One node of a local cluster.
+pub struct LocalNode {
+    pub id: u32,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub http: String,
+    pub child: Option<Child>,
+}
+
+/// A set of child processes, stopped when dropped.
+pub struct LocalCluster {
+    /// The `cairn` binary the nodes run.
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+    pub nodes: Vec<LocalNode>,
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for local use).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes `node-<i>.toml` for nodes 1..=n unless they exist, and returns the
+/// paths. `tweak` may adjust each new config.
+pub fn write_configs(
+    dir: &Path,
+    n: usize,
+    tweak: &dyn Fn(&mut FileConfig),
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let paths: Vec<PathBuf> = (1..=n)
+        .map(|i| dir.join(format!("node-{i}.toml")))
+        .collect();
+    if paths.iter().all(|p| p.exists()) {
+        return Ok(paths);
+    }
+    let mut secret = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        ports.push((free_port()?, free_port()?));
+    }
+    let members: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let replicas = n.min(3) as u8;
+    for (i, path) in paths.iter().enumerate() {
+        let mut cfg = FileConfig {
+            id: Some(i as u32 + 1),
+            peer_addr: Some(format!("127.0.0.1:{}", ports[i].0)),
+            http_addr: Some(format!("127.0.0.1:{}", ports[i].1)),
+            data_dir: Some(dir.join(format!("data-{}", i + 1))),
+            members: members.clone(),
+            secret: Some(secret.clone()),
+            quorum: QuorumFile {
+                n: replicas,
+                r: replicas / 2 + 1,
+                w: replicas / 2 + 1,
+            },
+            ..FileConfig::default()
+        };
+        tweak(&mut cfg);
+        std::fs::write(path, cfg.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(paths)
+}
+
+impl LocalCluster {
+    /// Starts one child process per config file.
+    pub fn start(dir: &Path, configs: &[PathBuf]) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with(&std::env::current_exe()?, dir, configs)
+    }
+
+    /// Like [`LocalCluster::start`], running the given `cairn` binary.
+    pub fn start_with(exe: &Path, dir: &Path, configs: &[PathBuf]) -> anyhow::Result<LocalCluster> {
+        let mut cluster = LocalCluster {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+        };
+        for (i, config) in configs.iter().enumerate() {
+            let file = FileConfig::read(config)?;
+            let http = format!(
+                "http://{}",
+                file.http_addr.clone().context("config without http_addr")?
+            );
+            cluster.nodes.push(LocalNode {
+                id: file.id.unwrap_or(i as u32 + 1),
+                config: config.clone(),
+                log: dir.join(format!("node-{}.log", i + 1)),
+                http,
+                child: None,
+            });
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// (Re)starts node `i` (an index into `nodes`).
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let exe = self.exe.clone();
+        let node = &mut self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("cannot open {}", node.log.display()))?;
+        let child = Command::new(&exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start a node process")?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every node answers `/ready`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for i in 0..self.nodes.len() {
+            self.wait_node_ready(i, deadline.saturating_duration_since(Instant::now()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until node `i` answers `/ready`; fails early if it exits.
+    pub fn wait_node_ready(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let c = Client::with_timeout(&self.nodes[i].http, None, Duration::from_secs(2));
+        loop {
+            if c.ready() {
+                return Ok(());
+            }
+            if let Some(child) = self.nodes[i].child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "node {} exited with {status}; see {}",
+                        self.nodes[i].id,
+                        self.nodes[i].log.display()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} not ready after {timeout:?}; see {}",
+                    self.nodes[i].id,
+                    self.nodes[i].log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks node `i` to stop cleanly (SIGTERM) and waits; kills it after `grace`.
+    pub fn stop(&mut self, i: usize, grace: Duration) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            terminate(&child);
+            let deadline = Instant::now() + grace;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => return,
+                    Ok(None) if Instant::now() > deadline => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills node `i` at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for node `i` to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.nodes[i].child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop_all(&mut self, grace: Duration) {
+        for node in &self.nodes {
+            if let Some(child) = &node.child {
+                terminate(child);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            self.stop(i, grace);
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Sends SIGTERM to a child.
+pub fn terminate(child: &Child) {
+    // SAFETY: kill(2) with a pid we own and a valid signal has no memory effects.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// `cairn local-cluster`.
+pub fn run(nodes: usize, dir: &Path) -> anyhow::Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let configs = write_configs(dir, nodes, &|_| {})?;
+    let mut cluster = LocalCluster::start(dir, &configs)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ready = cluster.wait_ready(Duration::from_secs(30));
+    if let Err(e) = ready {
+        cluster.stop_all(Duration::from_secs(5));
+        return Err(e);
+    }
+    println!("cairn local cluster: {nodes} nodes in {}", dir.display());
+    for n in &cluster.nodes {
+        println!(
+            "  node {}  {}  (config {}, log {})",
+            n.id,
+            n.http,
+            n.config.display(),
+            n.log.display()
+        );
+    }
+    let a = &cluster.nodes[0].http;
+    let b = &cluster.nodes[nodes.min(2) - 1].http;
+    println!();
+    println!("try:");
+    println!("  curl -X PUT --data-binary 'hello' {a}/v1/kv/greeting");
+    println!("  curl -i {b}/v1/kv/greeting");
+    println!("  curl -s {a}/v1/status");
+    println!("  curl -s {a}/metrics");
+    println!("  cairn get greeting --node {b}");
+    println!();
+    println!("Ctrl-C stops every node cleanly.");
+    let sig = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
+            r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT"),
+        }
+    })?;
+    eprintln!("{sig}: stopping nodes");
+    cluster.stop_all(Duration::from_secs(15));
+    eprintln!("stopped");
+    Ok(())
+}

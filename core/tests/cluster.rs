@@ -200,17 +200,11 @@ impl Cluster {
         }
     }
 
-    fn request(&mut self, at: NodeId, request: Request) -> Response {
+    /// Sends an input built with a fresh request id and waits for its reply.
+    fn submit(&mut self, at: NodeId, input: impl FnOnce(Time, RequestId) -> Input) -> Response {
         let id = RequestId(self.next_req);
         self.next_req += 1;
-        self.queue.push_back((
-            at,
-            Input::Client {
-                now: self.now,
-                id,
-                request,
-            },
-        ));
+        self.queue.push_back((at, input(self.now, id)));
         for _ in 0..3000 {
             self.run_for(1);
             if let Some(r) = self.replies.remove(&id) {
@@ -218,6 +212,10 @@ impl Cluster {
             }
         }
         panic!("no reply to request {id:?}");
+    }
+
+    fn request(&mut self, at: NodeId, request: Request) -> Response {
+        self.submit(at, |now, id| Input::Client { now, id, request })
     }
 
     fn node(&self, id: u32) -> &Node {
@@ -237,23 +235,7 @@ impl Cluster {
     }
 
     fn admin(&mut self, at: u32, command: AdminCommand) -> Response {
-        let id = RequestId(self.next_req);
-        self.next_req += 1;
-        self.queue.push_back((
-            NodeId(at),
-            Input::Admin {
-                now: self.now,
-                id,
-                command,
-            },
-        ));
-        for _ in 0..3000 {
-            self.run_for(1);
-            if let Some(r) = self.replies.remove(&id) {
-                return r;
-            }
-        }
-        panic!("no reply to admin command");
+        self.submit(NodeId(at), |now, id| Input::Admin { now, id, command })
     }
 
     fn finalize(&mut self, at: u32, target: &str) -> Response {

@@ -200,6 +200,19 @@ impl Client {
         })
     }
 
+    /// POSTs an empty body to an admin endpoint and returns its JSON answer.
+    pub fn post_json(&self, path: &str) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let (status, _, body) = self.finish(&url, self.auth(self.agent.post(&url)).send_empty())?;
+        if status != 200 {
+            return Err(Self::error(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Http {
+            status,
+            message: format!("bad JSON from node: {e}"),
+        })
+    }
+
     /// GETs a text document such as `/metrics`.
     pub fn text(&self, path: &str) -> Result<(u16, String), ClientError> {
         let url = self.url(path);

@@ -8,9 +8,11 @@
 //! data_dir = "/var/lib/cairn"
 //! members = ["1=127.0.0.1:7101", "2=127.0.0.1:7102", "3=127.0.0.1:7103"]
 //! secret = "a long random string shared by every member"
-//! # token = "bearer token required on /v1/kv"   (optional)
+//! # token = "bearer token for /v1/kv and /v1/admin"   (optional)
 //! # log_format = "text"                         (text | json)
 //! # release = "0.2.0"                           (a row of the release table)
+//! # initial_cluster_version = "0.2.0"           (only for an empty data directory)
+//! # backup_retention = 5                        (backups kept in data_dir/backups)
 //!
 //! [quorum]
 //! n = 3
@@ -115,12 +117,23 @@ pub struct FileConfig {
     pub token: Option<String>,
     pub log_format: Option<LogFormat>,
     pub release: Option<String>,
+    /// The cluster version a node with an empty data directory starts at
+    /// (default: the oldest its release can serve in, so a new node never
+    /// runs ahead of the cluster it joins). Set it to the release when
+    /// bootstrapping a new cluster.
+    pub initial_cluster_version: Option<String>,
+    /// Backups kept in `data_dir/backups`; older ones are pruned after each
+    /// backup (default 5).
+    pub backup_retention: Option<usize>,
     #[serde(default)]
     pub quorum: QuorumFile,
     #[serde(default)]
     pub timing: TimingFile,
     /// Messages queued per peer connection before new ones are dropped.
     pub peer_queue: Option<usize>,
+    /// Threads of the async runtime; 1 runs everything but storage on one
+    /// thread (default: the number of CPUs).
+    pub worker_threads: Option<usize>,
 }
 
 /// A validated configuration, ready to start a node.
@@ -136,10 +149,16 @@ pub struct Config {
     pub token: Option<String>,
     pub log_format: LogFormat,
     pub release: ReleaseId,
+    pub initial_cluster_version: Option<ReleaseId>,
+    pub backup_retention: usize,
     pub quorum: Quorum,
     pub timing: Timing,
     pub peer_queue: usize,
+    pub worker_threads: Option<usize>,
 }
+
+/// Backups kept when `backup_retention` is not set.
+pub const DEFAULT_BACKUP_RETENTION: usize = 5;
 
 impl std::fmt::Display for FileConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +228,25 @@ impl FileConfig {
         if let Some(v) = env("CAIRN_RELEASE") {
             self.release = Some(v);
         }
+        if let Some(v) = env("CAIRN_WORKER_THREADS") {
+            self.worker_threads = Some(v.trim().parse().map_err(|_| {
+                invalid(
+                    "worker_threads (CAIRN_WORKER_THREADS)",
+                    format!("{v:?} is not a number"),
+                )
+            })?);
+        }
+        if let Some(v) = env("CAIRN_INITIAL_CLUSTER_VERSION") {
+            self.initial_cluster_version = Some(v);
+        }
+        if let Some(v) = env("CAIRN_BACKUP_RETENTION") {
+            self.backup_retention = Some(v.trim().parse().map_err(|_| {
+                invalid(
+                    "backup_retention (CAIRN_BACKUP_RETENTION)",
+                    format!("{v:?} is not a number"),
+                )
+            })?);
+        }
         Ok(())
     }
 
@@ -262,16 +300,46 @@ impl FileConfig {
             }
             other => other.clone(),
         };
+        let known = || -> Vec<&str> { RELEASES.iter().map(|r| r.version).collect() };
         let release = match &self.release {
             None => ReleaseId::current(),
             Some(v) => ReleaseId::by_version(v).ok_or_else(|| {
-                let known: Vec<&str> = RELEASES.iter().map(|r| r.version).collect();
                 invalid(
                     "release",
-                    format!("unknown release {v:?} (this binary can act as {known:?})"),
+                    format!(
+                        "unknown release {v:?} (this binary can act as {:?})",
+                        known()
+                    ),
                 )
             })?,
         };
+        let initial_cluster_version = match &self.initial_cluster_version {
+            None => None,
+            Some(v) => {
+                let cv = ReleaseId::by_version(v).ok_or_else(|| {
+                    invalid(
+                        "initial_cluster_version",
+                        format!("unknown release {v:?} (known: {:?})", known()),
+                    )
+                })?;
+                if cv > release || cv < release.min_cluster_version() {
+                    return Err(invalid(
+                        "initial_cluster_version",
+                        format!(
+                            "release {} can serve at cluster versions {} to {}, not {v}",
+                            release.version(),
+                            release.min_cluster_version().version(),
+                            release.version()
+                        ),
+                    ));
+                }
+                Some(cv)
+            }
+        };
+        let backup_retention = self.backup_retention.unwrap_or(DEFAULT_BACKUP_RETENTION);
+        if backup_retention == 0 {
+            return Err(invalid("backup_retention", "must be at least 1"));
+        }
         let q = self.quorum;
         let quorum = Quorum {
             n: q.n,
@@ -317,6 +385,9 @@ impl FileConfig {
             t.handshake_retry_ms,
             &mut timing.handshake_retry,
         )?;
+        if self.worker_threads == Some(0) {
+            return Err(invalid("worker_threads", "must be at least 1"));
+        }
         let peer_queue = self.peer_queue.unwrap_or(8192);
         if peer_queue == 0 {
             return Err(invalid("peer_queue", "must be at least 1"));
@@ -331,9 +402,12 @@ impl FileConfig {
             token,
             log_format: self.log_format.unwrap_or_default(),
             release,
+            initial_cluster_version,
+            backup_retention,
             quorum,
             timing,
             peer_queue,
+            worker_threads: self.worker_threads,
         };
         // The core's own checks (quorum, membership, release) name their field.
         cfg.node_config(0).validate().map_err(|e| {
@@ -377,10 +451,16 @@ impl Config {
         file.validate()
     }
 
+    /// Where backups are kept.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.data_dir.join("backups")
+    }
+
     /// The core's configuration for this node.
     pub fn node_config(&self, seed: u64) -> NodeConfig {
         let mut nc = NodeConfig::new(self.id, self.members.keys().copied().collect(), seed);
         nc.release = self.release;
+        nc.initial_cluster_version = self.initial_cluster_version;
         nc.quorum = self.quorum;
         nc.timing = self.timing;
         nc
@@ -441,6 +521,16 @@ mod tests {
         let mut c = base();
         c.members.push("1=127.0.0.1:1".into());
         assert_eq!(field_of(c.validate().unwrap_err()), "members");
+        let mut c = base();
+        c.release = Some("0.1.0".into());
+        c.initial_cluster_version = Some("0.3.0".into());
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "initial_cluster_version"
+        );
+        let mut c = base();
+        c.backup_retention = Some(0);
+        assert_eq!(field_of(c.validate().unwrap_err()), "backup_retention");
     }
 
     #[test]

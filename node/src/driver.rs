@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cairn_core::api::ReadRequest;
+use cairn_core::api::{AdminCommand, ReadRequest};
 use cairn_core::node::{Metrics, Phase};
 use cairn_core::version::Release;
 use cairn_core::wire::MemberInfo;
@@ -33,6 +33,11 @@ pub enum DriverMsg {
     /// A client request; the answer goes to `reply`.
     Client {
         request: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    /// An operator command; the answer goes to `reply`.
+    Admin {
+        command: AdminCommand,
         reply: oneshot::Sender<Response>,
     },
     /// A copy of the node's state for status and metrics pages.
@@ -65,6 +70,25 @@ pub struct Snapshot {
     pub keys: usize,
     pub pending_ops: usize,
     pub halt_reason: Option<String>,
+    /// The active cluster version this node acts on.
+    pub cluster_version: &'static str,
+    /// The schema of the live records.
+    pub schema: u16,
+    /// Why the node refuses to serve, if it does.
+    pub refusal: Option<String>,
+    /// Why the node is not ready, if it is not.
+    pub not_ready: Option<String>,
+    pub migration: MigrationState,
+}
+
+/// The last schema migration this process saw, from the core's events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigrationState {
+    /// `none`, `running`, `finished` or `failed`.
+    pub state: &'static str,
+    pub from: u16,
+    pub to: u16,
+    pub error: Option<String>,
 }
 
 /// How the driver stopped.
@@ -89,12 +113,17 @@ impl DriverHandle {
     /// Sends a client request and waits for the core's answer.
     pub async fn request(&self, request: Request) -> Response {
         let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(DriverMsg::Client { request, reply })
-            .await
-            .is_err()
-        {
+        self.ask(DriverMsg::Client { request, reply }, rx).await
+    }
+
+    /// Sends an operator command and waits for the core's answer.
+    pub async fn admin(&self, command: AdminCommand) -> Response {
+        let (reply, rx) = oneshot::channel();
+        self.ask(DriverMsg::Admin { command, reply }, rx).await
+    }
+
+    async fn ask(&self, msg: DriverMsg, rx: oneshot::Receiver<Response>) -> Response {
+        if self.tx.send(msg).await.is_err() {
             return Response::Error(ClientError::Unavailable("node is stopping".into()));
         }
         rx.await.unwrap_or_else(|_| {
@@ -149,6 +178,7 @@ pub struct Driver {
     ready: Arc<AtomicBool>,
     stopped: bool,
     halted: Option<String>,
+    migration: MigrationState,
 }
 
 /// Microseconds added to the monotonic clock so time never starts at zero.
@@ -178,6 +208,10 @@ impl Driver {
             ready: handle.ready.clone(),
             stopped: false,
             halted: None,
+            migration: MigrationState {
+                state: "none",
+                ..MigrationState::default()
+            },
         }
     }
 
@@ -237,6 +271,13 @@ impl Driver {
                 self.replies.insert(id, reply);
                 self.input(Input::Client { now, id, request });
             }
+            DriverMsg::Admin { command, reply } => {
+                let id = RequestId(self.next_request);
+                self.next_request += 1;
+                self.replies.insert(id, reply);
+                tracing::info!(?command, "admin command");
+                self.input(Input::Admin { now, id, command });
+            }
             DriverMsg::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
@@ -283,13 +324,13 @@ impl Driver {
                         self.halted = Some("storage task is gone".into());
                     }
                 }
-                Output::Backup { io, .. } => {
-                    // Backups are not provided by this driver yet; the core
-                    // reports the failure to whoever asked for one.
-                    self.deferred_io.push((
-                        io,
-                        IoResult::Failed("backups are not supported by this node binary".into()),
-                    ));
+                Output::Backup { io, info } => {
+                    // Queued behind every earlier sync: the snapshot holds
+                    // what is durable now and nothing issued later.
+                    tracing::info!(label = %info.label, reason = %info.reason, "taking a backup");
+                    if self.storage.send(Job::Backup { io, info }).is_err() {
+                        self.halted = Some("storage task is gone".into());
+                    }
                 }
                 Output::Reply { id, response } => {
                     if let Some(tx) = self.replies.remove(&id) {
@@ -375,7 +416,46 @@ impl Driver {
             Event::Refusing { reason } => {
                 tracing::error!(%reason, "refusing to serve");
             }
-            other => tracing::info!(event = ?other, "core event"),
+            Event::ClusterVersion { version } => {
+                tracing::info!(%version, "active cluster version raised");
+            }
+            Event::MigrationStarted { from, to } => {
+                tracing::warn!(
+                    from,
+                    to,
+                    "schema migration started; not serving until it finishes"
+                );
+                self.migration = MigrationState {
+                    state: "running",
+                    from,
+                    to,
+                    error: None,
+                };
+            }
+            Event::MigrationFinished { from, to } => {
+                tracing::info!(from, to, "schema migration finished");
+                self.migration = MigrationState {
+                    state: "finished",
+                    from,
+                    to,
+                    error: None,
+                };
+            }
+            Event::MigrationFailed { from, to, reason } => {
+                tracing::error!(from, to, %reason, "schema migration failed");
+                self.migration = MigrationState {
+                    state: "failed",
+                    from,
+                    to,
+                    error: Some(reason),
+                };
+            }
+            Event::BackupTaken { info } => {
+                tracing::info!(label = %info.label, reason = %info.reason, schema = info.schema, "backup taken");
+            }
+            Event::EpochLearned { epoch } => {
+                tracing::info!(epoch, "restored node learned its epochs from its peers");
+            }
         }
     }
 
@@ -410,7 +490,43 @@ impl Driver {
             keys: n.keys().count(),
             pending_ops: n.pending_ops(),
             halt_reason: n.halt_reason().map(str::to_string),
+            cluster_version: n.cluster_version().version(),
+            schema: n.schema(),
+            refusal: n.refusal().map(str::to_string),
+            not_ready: self.not_ready(),
+            migration: self.migration.clone(),
         }
+    }
+
+    /// Why the node does not serve, or None while it does.
+    fn not_ready(&self) -> Option<String> {
+        let n = &self.node;
+        Some(match n.phase() {
+            Phase::Serving => return None,
+            Phase::Loading | Phase::Recovering => "starting up".into(),
+            Phase::Rejoining => {
+                let waiting: Vec<String> =
+                    n.rejoin_waiting().iter().map(|p| p.to_string()).collect();
+                format!(
+                    "restored from backup: waiting for {} to report this node's last epoch",
+                    waiting.join(", ")
+                )
+            }
+            Phase::Migrating => {
+                let m = &self.migration;
+                if m.state == "running" {
+                    format!("migrating schema {} to {}", m.from, m.to)
+                } else {
+                    "migrating".into()
+                }
+            }
+            Phase::Refusing => format!(
+                "refusing to serve: {}",
+                n.refusal().unwrap_or("unknown reason")
+            ),
+            Phase::Draining | Phase::Stopped => "shutting down".into(),
+            Phase::Halted => format!("halted: {}", n.halt_reason().unwrap_or("storage failure")),
+        })
     }
 }
 

@@ -8,32 +8,37 @@
 //! | GET    | `/v1/status`    | node, versions, peers and drift (JSON) |
 //! | GET    | `/v1/version`   | this binary's release, protocol range and schema (JSON) |
 //! | GET    | `/health`       | 200 while the process runs |
-//! | GET    | `/ready`        | 200 while the node serves, else 503 |
+//! | GET    | `/ready`        | 200 while the node serves, else 503 with the reason |
 //! | GET    | `/metrics`      | Prometheus text format |
+//! | POST   | `/v1/admin/finalize[?target=V]` | raise the cluster version (default: this release); 409 naming the node that blocks it |
+//! | POST   | `/v1/admin/backup` | take a backup now; answers its manifest fields |
+//! | GET    | `/v1/admin/backups` | the backups kept in `data_dir/backups`, oldest first |
 //!
 //! With `Accept: application/json`, GET always answers JSON:
 //! `{"key": ..., "context": ..., "siblings": [{"value": ..., "encoding": "utf8"|"base64", "dot": ...}]}`.
 //! The context is URL-safe base64 (no padding) of the core's encoded causal
 //! context; pass it back unchanged on the next write to supersede what was
 //! read. Errors are JSON `{"error": ..., "kind": ...}`: 400 bad key or
-//! context, 401 missing token, 413 value too large, 429 overloaded, 503 no
+//! context, 401 missing token (on `/v1/kv` and `/v1/admin` when a token is
+//! configured), 409 admin command refused, 413 value too large, 429 overloaded, 503 no
 //! quorum or node unavailable (the message says which).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes as BodyBytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use cairn_core::api::{decode_context, encode_context};
+use cairn_core::api::{decode_context, encode_context, AdminCommand, BackupInfo};
 use cairn_core::version::ReleaseId;
 use cairn_core::{ClientError, Context, NodeId, Request, Response};
 use serde_json::{json, Value};
@@ -54,6 +59,8 @@ pub struct AppState {
     pub members: Arc<BTreeMap<NodeId, SocketAddr>>,
     pub max_key_len: usize,
     pub max_value_len: usize,
+    /// Where this node's backups are kept.
+    pub backups_dir: Arc<PathBuf>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,6 +70,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/kv/{*key}",
             get(get_key).put(put_key).delete(delete_key),
         )
+        .route("/v1/admin/finalize", post(admin_finalize))
+        .route("/v1/admin/backup", post(admin_backup))
+        .route("/v1/admin/backups", get(admin_backups))
         .route("/v1/status", get(status))
         .route("/v1/version", get(version))
         .route("/health", get(health))
@@ -345,10 +355,97 @@ async fn health() -> &'static str {
 
 async fn ready(State(st): State<AppState>) -> HttpResponse {
     if st.driver.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        return (StatusCode::OK, "ready\n").into_response();
     }
+    let why = match st.driver.snapshot().await {
+        Some(s) => s.not_ready.unwrap_or_else(|| "not serving".into()),
+        None => "node is stopping".into(),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {why}\n"),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct FinalizeQuery {
+    target: Option<String>,
+}
+
+async fn admin_finalize(
+    State(st): State<AppState>,
+    Query(q): Query<FinalizeQuery>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    if let Err(e) = st.authorize(&headers) {
+        return e.into_response();
+    }
+    let target = q.target.filter(|t| !t.is_empty());
+    match st.driver.admin(AdminCommand::Finalize { target }).await {
+        Response::Finalized { cluster_version } => {
+            Json(json!({"cluster_version": cluster_version})).into_response()
+        }
+        Response::Error(e) => client_error(&e).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to finalize",
+        )
+        .into_response(),
+    }
+}
+
+fn backup_json(info: &BackupInfo) -> Value {
+    json!({
+        "label": info.label,
+        "release": info.release,
+        "schema": info.schema,
+        "epoch": info.epoch,
+        "reason": info.reason,
+    })
+}
+
+/// The manifests of the backups kept, oldest first.
+async fn list_backups(dir: Arc<PathBuf>) -> Vec<crate::backup::Manifest> {
+    tokio::task::spawn_blocking(move || crate::backup::list(&dir))
+        .await
+        .unwrap_or_default()
+}
+
+async fn admin_backup(State(st): State<AppState>, headers: HeaderMap) -> HttpResponse {
+    if let Err(e) = st.authorize(&headers) {
+        return e.into_response();
+    }
+    match st.driver.admin(AdminCommand::Backup).await {
+        Response::BackedUp { info } => {
+            let listed = list_backups(st.backups_dir.clone()).await;
+            match listed.into_iter().find(|m| m.label == info.label) {
+                Some(m) => Json(json!(m)).into_response(),
+                // Already pruned (retention) or listing failed: the core's view.
+                None => Json(backup_json(&info)).into_response(),
+            }
+        }
+        Response::Error(e) => client_error(&e).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to backup",
+        )
+        .into_response(),
+    }
+}
+
+async fn admin_backups(State(st): State<AppState>, headers: HeaderMap) -> HttpResponse {
+    if let Err(e) = st.authorize(&headers) {
+        return e.into_response();
+    }
+    let list = list_backups(st.backups_dir.clone()).await;
+    Json(json!({
+        "dir": st.backups_dir.display().to_string(),
+        "backups": list,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(st): State<AppState>) -> HttpResponse {
@@ -463,7 +560,17 @@ pub fn status_json(
         "phase": format!("{:?}", s.phase),
         "health": format!("{:?}", s.self_info.health),
         "ready": ready,
+        "not_ready_reason": s.not_ready,
         "cluster_version": s.self_info.cluster_version,
+        "active_cluster_version": s.cluster_version,
+        "live_schema": s.schema,
+        "refusal": s.refusal,
+        "migration": {
+            "state": s.migration.state,
+            "from": (s.migration.state != "none").then_some(s.migration.from),
+            "to": (s.migration.state != "none").then_some(s.migration.to),
+            "error": s.migration.error,
+        },
         "newest_release_seen": newest,
         "drift": drift(s.release.version, &newest),
         "keys": s.keys,

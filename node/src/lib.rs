@@ -9,8 +9,11 @@
 //! - [`http`]: the client API, status, health and metrics endpoints.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: `cairn serve`, wiring the above and handling signals.
+//! - [`backup`]: the on-disk backup format; [`offline`]: restore and the
+//!   migration dry run on a stopped node.
 //! - [`client`], [`local_cluster`], [`bench`]: the CLI's tools.
 
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod config;
@@ -18,6 +21,7 @@ pub mod driver;
 pub mod http;
 pub mod local_cluster;
 pub mod metrics;
+pub mod offline;
 pub mod peers;
 pub mod server;
 pub mod storage;

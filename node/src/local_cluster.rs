@@ -80,6 +80,14 @@ pub fn write_configs(
             ..FileConfig::default()
         };
         tweak(&mut cfg);
+        // A new cluster starts at the version of the release it runs.
+        if cfg.initial_cluster_version.is_none() {
+            cfg.initial_cluster_version = Some(
+                cfg.release
+                    .clone()
+                    .unwrap_or_else(|| cairn_core::version::ReleaseId::current().version().into()),
+            );
+        }
         std::fs::write(path, cfg.to_string())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cairn_node::bench::{self, BenchOptions};
 use cairn_node::client::Client;
 use cairn_node::config::Config;
-use cairn_node::{local_cluster, server};
+use cairn_node::{local_cluster, offline, server};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -77,6 +77,40 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Raise the active cluster version (after every node runs the new release).
+    Finalize {
+        /// Release to finalize at (default: the node's release).
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Take a backup on a node now (kept in its data_dir/backups).
+    Backup {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// List a node's backups, oldest first.
+    Backups {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Offline: replace a stopped node's data with one of its backups.
+    Restore {
+        #[arg(long, env = "CAIRN_CONFIG")]
+        config: PathBuf,
+        /// The backup's label (see `cairn backups`).
+        #[arg(long)]
+        backup: String,
+    },
+    /// Offline: show the schema migration a start would run.
+    Migrate {
+        #[arg(long, env = "CAIRN_CONFIG")]
+        config: PathBuf,
+        /// Only report; write nothing (required: migrations run at start-up).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Measure puts/s and latency on a 3-node loopback cluster.
     Bench {
         /// Concurrent clients, one run each.
@@ -124,9 +158,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             server::init_logging(cfg.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = match cfg.worker_threads {
+                Some(1) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+                Some(n) => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .enable_all()
+                    .build()?,
+                None => tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?,
+            };
             let code = rt.block_on(server::serve(cfg));
             // Do not wait for blocked tasks (for example a wedged disk).
             rt.shutdown_timeout(Duration::from_secs(1));
@@ -173,6 +216,68 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Finalize { target, node } => {
+            let mut path = "/v1/admin/finalize".to_string();
+            if let Some(t) = target {
+                path.push_str(&format!("?target={t}"));
+            }
+            match client(&node).post_json(&path) {
+                Ok(v) => {
+                    println!(
+                        "cluster version is now {}",
+                        v["cluster_version"].as_str().unwrap_or("?")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) if e.status() == Some(409) => {
+                    eprintln!("finalize refused: {e}");
+                    Ok(ExitCode::from(3))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Backup { node } => {
+            let v = client(&node).post_json("/v1/admin/backup")?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backups { node } => {
+            let v = client(&node).json("/v1/admin/backups")?;
+            let list = v["backups"].as_array().cloned().unwrap_or_default();
+            println!("backups in {}:", v["dir"].as_str().unwrap_or("?"));
+            println!(
+                "{:<24} {:<25} {:<8} {:>6} {:>6} {:>10}  reason",
+                "label", "created", "release", "schema", "epoch", "bytes"
+            );
+            for b in &list {
+                println!(
+                    "{:<24} {:<25} {:<8} {:>6} {:>6} {:>10}  {}",
+                    b["label"].as_str().unwrap_or("?"),
+                    b["created"].as_str().unwrap_or("?"),
+                    b["release"].as_str().unwrap_or("?"),
+                    b["schema"].to_string(),
+                    b["epoch"].to_string(),
+                    b["bytes"].to_string(),
+                    b["reason"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { config, backup } => {
+            let cfg = load_config(&config)?;
+            print!("{}", offline::restore(&cfg, &backup)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { config, dry_run } => {
+            if !dry_run {
+                anyhow::bail!(
+                    "migrations run when the node starts (or online after `cairn finalize`); use --dry-run to see the plan"
+                );
+            }
+            let cfg = load_config(&config)?;
+            print!("{}", offline::migrate_plan(&cfg)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             clients,
             seconds,
@@ -194,6 +299,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 fn client(args: &NodeArgs) -> Client {

@@ -54,6 +54,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         peer_addr = %cfg.peer_addr,
         http_addr = %cfg.http_addr,
         data_dir = %cfg.data_dir.display(),
+        initial_cluster_version = cfg.initial_cluster_version.map(|v| v.version()),
         "starting"
     );
     let store = {
@@ -86,7 +87,18 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
     let storage_stats = Arc::new(StorageStats::default());
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::channel(4096);
-    let storage_task = tokio::spawn(storage::run(store, jobs_rx, done_tx, storage_stats.clone()));
+    let backup_policy = storage::BackupPolicy {
+        node: cfg.id,
+        dir: cfg.backups_dir(),
+        retention: cfg.backup_retention,
+    };
+    let storage_task = tokio::spawn(storage::run(
+        store,
+        jobs_rx,
+        done_tx,
+        storage_stats.clone(),
+        backup_policy,
+    ));
     let driver = Driver::new(node_cfg, &handle, sender, jobs_tx);
     let mut driver_task = tokio::spawn(driver.run(inbox, done_rx));
 
@@ -103,6 +115,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         members: Arc::new(cfg.members.clone()),
         max_key_len: limits.max_key_len,
         max_value_len: limits.max_value_len,
+        backups_dir: Arc::new(cfg.backups_dir()),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {

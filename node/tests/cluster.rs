@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use cairn_core::version::ReleaseId;
 use cairn_node::client::Client;
 use cairn_node::config::{FileConfig, TimingFile};
 use cairn_node::local_cluster::{write_configs, LocalCluster};
@@ -46,7 +47,16 @@ impl Harness {
         let configs = write_configs(dir.path(), n, &|c| fast(c)).unwrap();
         for (i, path) in configs.iter().enumerate() {
             let mut c = FileConfig::read(path).unwrap();
+            c.initial_cluster_version = None;
             tweak(i, &mut c);
+            // Bootstrap at the release each node runs, as local-cluster does.
+            if c.initial_cluster_version.is_none() {
+                c.initial_cluster_version = Some(
+                    c.release
+                        .clone()
+                        .unwrap_or_else(|| ReleaseId::current().version().into()),
+                );
+            }
             std::fs::write(path, c.to_string()).unwrap();
         }
         let token = FileConfig::read(&configs[0]).unwrap().token;
@@ -78,6 +88,34 @@ impl Harness {
 
     fn data_dir(&self, i: usize) -> PathBuf {
         self.cluster.dir.join(format!("data-{}", i + 1))
+    }
+
+    /// Rewrites node `i`'s config file.
+    fn edit_config(&self, i: usize, f: impl FnOnce(&mut FileConfig)) {
+        let path = &self.cluster.nodes[i].config;
+        let mut c = FileConfig::read(path).unwrap();
+        f(&mut c);
+        std::fs::write(path, c.to_string()).unwrap();
+    }
+
+    /// Runs the `cairn` binary; returns (success, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(args);
+        if let Some(t) = &self.token {
+            cmd.env("CAIRN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("$ cairn {}\n{o}{e}", args.join(" "));
+        (out.status.success(), o, e)
+    }
+
+    fn config_path(&self, i: usize) -> String {
+        self.cluster.nodes[i].config.display().to_string()
     }
 
     fn status(&self, i: usize) -> Value {
@@ -559,4 +597,276 @@ fn corrupted_data_file_is_detected_and_never_served() {
         h.client(1).get("precious").unwrap().values,
         vec![good.clone()]
     );
+}
+
+/// Every file under `dir` with its contents, to prove nothing changed.
+fn tree_state(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asks node `i` to finalize; Ok(cluster version) or Err((status, reason)).
+fn finalize(h: &Harness, i: usize, target: &str) -> Result<String, (Option<u16>, String)> {
+    h.client(i)
+        .post_json(&format!("/v1/admin/finalize?target={target}"))
+        .map(|v| {
+            v["cluster_version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .map_err(|e| (e.status(), e.to_string()))
+}
+
+#[test]
+fn rolling_upgrade_under_load_then_finalize_migrates_every_node() {
+    let _g = serial();
+    let mut h = Harness::start(3, &|_, c| c.release = Some("0.1.0".into()));
+    h.cluster.wait_ready(READY).unwrap();
+    h.wait_all_up(READY);
+    for i in 0..3 {
+        let s = h.status(i);
+        assert_eq!(s["active_cluster_version"], "0.1.0", "{s}");
+        assert_eq!(s["live_schema"], 1, "{s}");
+    }
+    let load = Load::start(h.urls(), 2);
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        h.cluster.stop(i, Duration::from_secs(15));
+        h.edit_config(i, |c| c.release = Some("0.2.0".into()));
+        if i == 0 {
+            // The plan, read from the stopped node's data; nothing changes.
+            let before = tree_state(&h.data_dir(0));
+            let (ok, out, _) = h.cli(&["migrate", "--dry-run", "--config", &h.config_path(0)]);
+            assert!(ok);
+            assert!(
+                out.contains("live schema 1, cluster version 0.1.0"),
+                "{out}"
+            );
+            assert!(out.contains("release 0.2.0"), "{out}");
+            assert!(out.contains("records: schema 1:"), "{out}");
+            assert!(
+                out.contains("no migration at start-up") && out.contains("finalized at 0.2.0"),
+                "{out}"
+            );
+            assert_eq!(
+                before,
+                tree_state(&h.data_dir(0)),
+                "dry run changed the data"
+            );
+        }
+        h.cluster.spawn(i).unwrap();
+        h.cluster.wait_node_ready(i, READY).unwrap();
+        h.wait_all_up(READY);
+        if i < 2 {
+            // Some node still runs 0.1.0: finalization names it.
+            let (code, why) = finalize(&h, i, "0.2.0").unwrap_err();
+            assert_eq!(code, Some(409), "{why}");
+            assert!(why.contains("runs 0.1.0"), "{why}");
+            assert_eq!(
+                h.status(i)["live_schema"],
+                1,
+                "no new format before finalization"
+            );
+        }
+    }
+    // The dry run on a running node is refused.
+    let (ok, _, err) = h.cli(&["migrate", "--dry-run", "--config", &h.config_path(1)]);
+    assert!(!ok && err.contains("in use"), "{err}");
+    // Every node runs 0.2.0: finalization is accepted once gossip has it.
+    let mut last = String::new();
+    wait_for(
+        "finalize to be accepted",
+        Duration::from_secs(20),
+        || match finalize(&h, 2, "0.2.0") {
+            Ok(v) => {
+                assert_eq!(v, "0.2.0");
+                true
+            }
+            Err((code, why)) => {
+                assert_ne!(code, Some(400), "{why}");
+                last = why;
+                false
+            }
+        },
+    );
+    eprintln!("finalize accepted (last refusal: {last:?})");
+    wait_for(
+        "every node to migrate to schema 2",
+        Duration::from_secs(30),
+        || {
+            (0..3).all(|i| {
+                h.client(i).json("/v1/status").is_ok_and(|s| {
+                    s["live_schema"] == 2
+                        && s["active_cluster_version"] == "0.2.0"
+                        && s["migration"]["state"] == "finished"
+                        && s["ready"] == true
+                })
+            })
+        },
+    );
+    for i in 0..3 {
+        let b = h.client(i).json("/v1/admin/backups").unwrap();
+        let list = b["backups"].as_array().unwrap();
+        assert!(
+            list.iter()
+                .any(|m| m["reason"] == "before migration to schema 2" && m["schema"] == 1),
+            "node {}: {b}",
+            i + 1
+        );
+        assert!(h.log(i).contains("schema migration finished"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = load.finish();
+    check_acked(&h, &acked);
+}
+
+#[test]
+fn downgrade_after_finalization_is_refused_with_a_reason() {
+    let _g = serial();
+    let mut h = Harness::start(3, &|_, c| {
+        c.release = Some("0.2.0".into());
+        c.initial_cluster_version = Some("0.1.0".into());
+    });
+    h.cluster.wait_ready(READY).unwrap();
+    h.wait_all_up(READY);
+    h.client(0).put("k", b"v", None).unwrap();
+    wait_for("finalize to be accepted", Duration::from_secs(20), || {
+        finalize(&h, 0, "0.2.0").is_ok()
+    });
+    wait_for("node 2 to migrate", Duration::from_secs(30), || {
+        h.client(1)
+            .json("/v1/status")
+            .is_ok_and(|s| s["live_schema"] == 2 && s["ready"] == true)
+    });
+    h.cluster.stop(1, Duration::from_secs(15));
+    h.edit_config(1, |c| c.release = Some("0.1.0".into()));
+    let (ok, out, _) = h.cli(&["migrate", "--dry-run", "--config", &h.config_path(1)]);
+    assert!(ok && out.contains("refuse to start"), "{out}");
+    h.cluster.spawn(1).unwrap();
+    let mut status = Value::Null;
+    wait_for("node 2 to report its refusal", READY, || {
+        match h.client(1).json("/v1/status") {
+            Ok(s) if s["refusal"].is_string() => {
+                status = s;
+                true
+            }
+            _ => false,
+        }
+    });
+    let why = status["refusal"].as_str().unwrap();
+    assert!(why.contains("schema 2"), "{why}");
+    assert_eq!(status["ready"], false);
+    assert_eq!(status["phase"], "Refusing");
+    let (code, body) = h.client(1).text("/ready").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("schema 2"), "{body}");
+    assert!(h.log(1).contains("refusing to serve"), "{}", h.log(1));
+    // The others serve on.
+    assert_eq!(h.client(0).get("k").unwrap().values, vec![b"v".to_vec()]);
+}
+
+#[test]
+fn backup_then_restore_rejoins_and_resyncs() {
+    let _g = serial();
+    let mut h = Harness::start(3, &|_, c| {
+        c.token = Some("admin-token".into());
+        c.backup_retention = Some(2);
+    });
+    h.cluster.wait_ready(READY).unwrap();
+    h.wait_all_up(READY);
+    // The token guards the admin API too.
+    let anonymous = Client::new(&h.cluster.nodes[1].http, None);
+    assert_eq!(
+        anonymous
+            .post_json("/v1/admin/backup")
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
+    assert_eq!(
+        anonymous.json("/v1/admin/backups").unwrap_err().status(),
+        Some(401)
+    );
+    for i in 0..20 {
+        h.client(i % 3)
+            .put(&format!("before-{i}"), b"old", None)
+            .unwrap();
+    }
+    let node2 = h.cluster.nodes[1].http.clone();
+    let (ok, out, _) = h.cli(&["backup", "--node", &node2]);
+    assert!(ok, "{out}");
+    let taken: Value = serde_json::from_str(&out).unwrap();
+    let label = taken["label"].as_str().unwrap().to_string();
+    assert_eq!(taken["reason"], "manual");
+    assert!(taken["records"].as_u64().unwrap() >= 20, "{taken}");
+    // Retention keeps the two newest.
+    for _ in 0..2 {
+        h.client(1).post_json("/v1/admin/backup").unwrap();
+    }
+    let (ok, out, _) = h.cli(&["backups", "--node", &node2]);
+    assert!(
+        ok && !out.contains(&label),
+        "the oldest was not pruned: {out}"
+    );
+    let newest = h.client(1).json("/v1/admin/backups").unwrap()["backups"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..20 {
+        h.client(i % 3)
+            .put(&format!("after-{i}"), b"new", None)
+            .unwrap();
+    }
+    let epoch_before = h.status(1)["epoch"].as_u64().unwrap();
+    // Restoring a running node is refused.
+    let cfg = h.config_path(1);
+    let (ok, _, err) = h.cli(&["restore", "--config", &cfg, "--backup", &newest]);
+    assert!(!ok && err.contains("in use"), "{err}");
+    h.cluster.kill(1);
+    let (ok, out, err) = h.cli(&["restore", "--config", &cfg, "--backup", &newest]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("from backup {newest}")) && out.contains("verified"),
+        "{out}"
+    );
+    h.cluster.spawn(1).unwrap();
+    h.cluster.wait_node_ready(1, READY).unwrap();
+    let s = h.status(1);
+    assert!(
+        s["epoch"].as_u64().unwrap() > epoch_before,
+        "restored node reuses an epoch: {s}"
+    );
+    assert!(h.log(1).contains("learned its epochs"), "{}", h.log(1));
+    // Anti-entropy brings back what was written after the backup.
+    wait_for("node 2 to re-sync", Duration::from_secs(30), || {
+        let n = key_count(&h, 1);
+        n.is_some() && n == key_count(&h, 0) && n == key_count(&h, 2)
+    });
+    assert_eq!(key_count(&h, 1), Some(40));
+    for i in 0..20 {
+        assert_eq!(
+            h.client(1).get(&format!("after-{i}")).unwrap().values,
+            vec![b"new".to_vec()]
+        );
+    }
+    // The backups survived the restore.
+    let list = h.client(1).json("/v1/admin/backups").unwrap();
+    assert!(list.to_string().contains(&newest), "{list}");
 }

@@ -262,6 +262,17 @@ impl NodeConfig {
         if sorted.len() != self.members.len() {
             return bad("members", "duplicate node ids".into());
         }
+        let t = &self.timing;
+        if t.tombstone_grace.0 < t.request_timeout.0 + t.read_repair_window.0 {
+            return bad(
+                "timing.tombstone_grace",
+                format!(
+                    "{} ms is too short: it must outlast any request in flight (at least request_timeout + read_repair_window = {} ms)",
+                    t.tombstone_grace.0 / 1000,
+                    (t.request_timeout.0 + t.read_repair_window.0) / 1000
+                ),
+            );
+        }
         if self.partitions == 0 || self.vnodes == 0 {
             return bad(
                 "partitions",

@@ -48,6 +48,24 @@ impl Node {
         if mine.is_empty() {
             return;
         }
+        if let Some(pending) = &self.resync {
+            // Re-syncing after a restore: compare with every replica.
+            let pairs: Vec<(u16, NodeId)> = pending
+                .iter()
+                .copied()
+                .filter(|&(_, p)| self.peer_usable(p))
+                .take(AE_PARTITIONS_PER_ROUND * 4)
+                .collect();
+            for (partition, peer) in pairs {
+                self.metrics.anti_entropy_rounds += 1;
+                let buckets = self.store.trees[partition as usize].buckets().to_vec();
+                self.send(
+                    peer,
+                    Message::AeBuckets(wire::AeBuckets { partition, buckets }),
+                );
+            }
+            return;
+        }
         for _ in 0..AE_PARTITIONS_PER_ROUND.min(mine.len()) {
             let partition = mine[self.ae_cursor % mine.len()];
             self.ae_cursor = self.ae_cursor.wrapping_add(1);
@@ -81,6 +99,15 @@ impl Node {
         }
         let differing = self.store.trees[m.partition as usize].differing(&m.buckets);
         if differing.is_empty() {
+            // Say so: a node re-syncing after a restore counts these.
+            self.send(
+                from,
+                Message::AeKeys(wire::AeKeys {
+                    partition: m.partition,
+                    buckets: Vec::new(),
+                    keys: Vec::new(),
+                }),
+            );
             return;
         }
         let mut keys =
@@ -103,6 +130,16 @@ impl Node {
 
     pub(super) fn handle_ae_keys(&mut self, from: NodeId, m: wire::AeKeys) {
         if !self.replicates(m.partition) {
+            return;
+        }
+        if m.buckets.is_empty() {
+            // The peer's tree equals ours.
+            if let Some(pending) = self.resync.as_mut() {
+                pending.remove(&(m.partition, from));
+                if pending.is_empty() {
+                    self.resync = None;
+                }
+            }
             return;
         }
         let limit = self.cfg.limits.max_ae_keys;

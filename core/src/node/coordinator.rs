@@ -150,6 +150,12 @@ impl Node {
         let partition = self.ring.partition_of(request.key());
         let is_replica = self.ring.is_replica(self.cfg.id, partition);
         match request {
+            Request::Get { .. } if self.resync.is_some() => {
+                self.fail_client(
+                    client,
+                    ClientError::Unavailable("re-syncing from replicas after a restore".into()),
+                );
+            }
             Request::Get { key } => {
                 self.metrics.gets += 1;
                 self.start_get(client, key);
@@ -326,6 +332,9 @@ impl Node {
     }
 
     pub(super) fn handle_replica_digest(&mut self, from: NodeId, m: wire::ReplicaDigest) {
+        if self.resync.is_some() {
+            return;
+        }
         let digest = self
             .store
             .digest(&m.key)

@@ -85,6 +85,11 @@ pub struct Metrics {
     pub unknown_messages: u64,
     pub dropped_before_handshake: u64,
     pub peer_queue_drops: u64,
+    /// Messages received at a protocol above ours, from a peer that has not
+    /// yet agreed again with this incarnation.
+    pub stale_protocol: u64,
+    /// Messages not sent because the agreed protocol cannot carry them.
+    pub protocol_mismatch_drops: u64,
     pub corrupt_records: u64,
     pub hints_stored: u64,
     pub hints_delivered: u64,
@@ -151,6 +156,10 @@ pub struct Node {
     restored: bool,
     rejoin_waiting: BTreeSet<NodeId>,
     learned_epoch: u32,
+    /// After a restore: (partition, peer) pairs not yet found equal by
+    /// anti-entropy. Until they all are, the node answers no reads: its data
+    /// may lack writes it acknowledged before the restore.
+    resync: Option<BTreeSet<(u16, NodeId)>>,
     /// The highest epoch seen of every node, from gossip and data.
     epochs_seen: BTreeMap<NodeId, u32>,
     heartbeat: u64,
@@ -210,6 +219,7 @@ impl Node {
             restored: false,
             rejoin_waiting: BTreeSet::new(),
             learned_epoch: 0,
+            resync: None,
             epochs_seen: BTreeMap::new(),
             heartbeat: 0,
             generation: 0,
@@ -356,6 +366,15 @@ impl Node {
         if handshake && !self.talks_to_peers() {
             return;
         }
+        if !handshake && header.protocol > self.release.protocols.max {
+            // A peer still using a protocol agreed with an earlier
+            // incarnation of this node (it has not seen our new hello yet,
+            // as after a reconnect): stale, not malformed. Drop it and say
+            // hello so it agrees again.
+            self.metrics.stale_protocol += 1;
+            self.maybe_hello(from);
+            return;
+        }
         if !handshake {
             if !self.peer_ready(from) {
                 // A peer we have no agreed protocol with (it restarted, or we
@@ -380,8 +399,13 @@ impl Node {
                 self.metrics.unknown_messages += 1;
                 self.emit(Event::UnknownMessage { from, msg_type });
             }
-            Ok(Decoded::Known { message, .. }) => {
+            Ok(Decoded::Known { message, protocol }) => {
                 self.note_alive(from);
+                if !handshake && self.peer_protocol(from) != Some(protocol) {
+                    // The peer believes in another protocol than we do:
+                    // agree again.
+                    self.maybe_hello(from);
+                }
                 self.dispatch(from, message);
             }
         }

@@ -112,10 +112,19 @@ impl Node {
     /// Sends a message, or queues it until the peer's handshake completes.
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
         let max_queue = self.cfg.limits.max_peer_queue;
+        let unchecked = self.bugs().new_message_before_finalization;
         let Some(peer) = self.peers.get_mut(&to) else {
             return;
         };
         match peer.protocol {
+            // (The planted bug sends new messages without this check.)
+            Some(p) if message.min_protocol() > p && !unchecked => {
+                // The peer and we disagree on the protocol (a handshake
+                // message was lost): never send what it may not decode.
+                // Drop it, and agree again.
+                self.metrics.protocol_mismatch_drops += 1;
+                self.maybe_hello(to);
+            }
             Some(p) => {
                 let bytes = wire::encode(p, &message);
                 self.push(Output::Send { to, bytes });

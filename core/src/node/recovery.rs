@@ -99,19 +99,19 @@ impl Node {
                 .unwrap_or_else(|| self.target_schema()),
         };
         if !self.release.reads_schema(schema) {
+            let reads = match self.release.schema {
+                s if s > *storage::SCHEMAS.start() => format!("schemas {} and {s}", s - 1),
+                s => format!("schema {s}"),
+            };
             let why = if schema > self.release.schema {
                 format!(
-                    "data directory uses schema {schema}, written by a newer release; release {} reads schemas {} and {}: run a newer release, or restore a backup taken before the upgrade",
+                    "data directory uses schema {schema}, written by a newer release; release {} reads {reads}: run a newer release, or restore a backup taken before the upgrade",
                     self.release.version,
-                    self.release.schema.saturating_sub(1),
-                    self.release.schema
                 )
             } else {
                 format!(
-                    "data directory uses schema {schema}, too old for release {}, which reads schemas {} and {}: upgrade one release at a time",
+                    "data directory uses schema {schema}, too old for release {}, which reads {reads}: upgrade one release at a time",
                     self.release.version,
-                    self.release.schema.saturating_sub(1),
-                    self.release.schema
                 )
             };
             return self.refuse_at_start(total, why);
@@ -193,6 +193,9 @@ impl Node {
                 }
             }
         }
+        // Data without (readable) metadata: the epochs this node used are
+        // unknown, so learn them from the peers, as after a restore.
+        let restored = restored || (meta.is_none() && !fresh);
         let clean = matches!(&meta, Some(m) if m.clean) && corrupt == 0 && !restored;
         let reuse_epoch = clean || (self.bugs().reuse_dots_after_crash && !fresh);
         match &meta {
@@ -303,6 +306,19 @@ impl Node {
         self.write_meta(false);
         self.write_record(Bytes::from_static(storage::RESTORED_KEY), None);
         self.emit(Event::EpochLearned { epoch });
+        let me = self.cfg.id;
+        let pairs: BTreeSet<(u16, NodeId)> = self
+            .ring
+            .partitions_of(me)
+            .flat_map(|p| {
+                self.ring
+                    .preference(p)
+                    .iter()
+                    .filter(move |&&r| r != me)
+                    .map(move |&r| (p, r))
+            })
+            .collect();
+        self.resync = (!pairs.is_empty()).then_some(pairs);
         self.phase = Phase::Recovering;
         self.after_durable(Deferred::Serve);
     }

@@ -11,6 +11,11 @@ use super::Node;
 
 impl Node {
     pub(super) fn handle_replica_get(&mut self, from: NodeId, m: wire::ReplicaGet) {
+        if self.resync.is_some() {
+            // Restored and not yet re-synced: our copy may lack acknowledged
+            // writes, so it must not count towards a read quorum.
+            return;
+        }
         let state = self.store.get(&m.key).cloned().unwrap_or_default();
         self.send(
             from,

@@ -53,7 +53,9 @@ impl Store {
                 let digest = state.digest();
                 self.trees[partition as usize].update(key, old, Some(digest));
                 if state.is_tombstone_only() {
-                    self.tombstones.entry(key.clone()).or_insert(now);
+                    // Age counts from the last change: a newer tombstone
+                    // restarts the grace period.
+                    self.tombstones.insert(key.clone(), now);
                 } else {
                     self.tombstones.remove(key);
                 }

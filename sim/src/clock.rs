@@ -4,7 +4,9 @@
 //! (`Output::Timeout(at)`) are local too and are translated back to the
 //! earliest simulated time at which the local clock reaches them. Local time
 //! never runs backwards, across restarts of the node included (the machine's
-//! clock outlives the process).
+//! clock outlives the process), except when the clock is stepped backwards
+//! ([`Clock::step`], an NTP-style correction): then the node sees its local
+//! time go back.
 
 use cairn_core::Time;
 
@@ -13,7 +15,7 @@ const MICRO: i128 = 1_000_000;
 #[derive(Clone, Debug)]
 pub struct Clock {
     drift_ppm: i64,
-    offset_us: u64,
+    offset_us: i64,
     last: Time,
 }
 
@@ -25,14 +27,27 @@ impl Clock {
         );
         Clock {
             drift_ppm,
-            offset_us,
+            offset_us: offset_us as i64,
             last: Time::ZERO,
         }
     }
 
     fn raw(&self, sim: Time) -> i128 {
+        // 64-bit arithmetic whenever it cannot overflow (always, for runs
+        // shorter than ~1000 simulated days): this runs on every event.
+        if let Ok(s) = i64::try_from(sim.as_micros()) {
+            if let Some(d) = s.checked_mul(self.drift_ppm) {
+                return (self.offset_us + s + d / MICRO as i64) as i128;
+            }
+        }
         let s = sim.as_micros() as i128;
         self.offset_us as i128 + s + s * self.drift_ppm as i128 / MICRO
+    }
+
+    /// Steps the clock by `by_us` (either way) at simulated time `now`.
+    pub fn step(&mut self, by_us: i64, now: Time) {
+        self.offset_us += by_us;
+        self.last = Time(self.raw(now).max(0) as u64);
     }
 
     /// The node's local time at simulated time `sim`.
@@ -51,6 +66,11 @@ impl Clock {
         let target = local.as_micros() as i128;
         if self.raw(now) >= target {
             return Some(now);
+        }
+        if self.drift_ppm == 0 {
+            return u64::try_from(target - self.offset_us as i128)
+                .ok()
+                .map(Time);
         }
         let mut t = ((target - self.offset_us as i128) * MICRO / (MICRO + self.drift_ppm as i128))
             .max(now.as_micros() as i128);
@@ -94,6 +114,21 @@ mod tests {
             }
             assert_eq!(c.to_sim(Time::MAX, Time(0)), None);
         }
+    }
+
+    #[test]
+    fn steps_move_local_time_both_ways() {
+        let mut c = Clock::new(0, 1_000_000);
+        assert_eq!(c.local(Time(0)), Time(1_000_000));
+        c.step(-600_000, Time(100));
+        assert_eq!(c.local(Time(100)), Time(400_100));
+        c.step(2_000_000, Time(200));
+        assert_eq!(c.local(Time(200)), Time(2_400_200));
+        let t = c.to_sim(Time(2_500_000), Time(200)).unwrap();
+        assert_eq!(t, Time(100_000));
+        // A step far back never yields a negative time.
+        c.step(-10_000_000, Time(300));
+        assert_eq!(c.local(Time(300)), Time(0));
     }
 
     #[test]

@@ -7,13 +7,20 @@
 //! random prefix of it happens to have reached the platter, the rest is lost;
 //! syncs in flight never complete. The durable image is what a restarted node
 //! reads back, and what the acknowledgement oracle inspects.
+//!
+//! Faults (see [`crate::atlas`]): failed syncs (I/O errors, a full disk),
+//! and on fault-prone disks corrupted records, torn writes and misdirected
+//! writes. A record the simulator destroys keeps its last good value in a
+//! shadow image, so oracles can judge what the node had made durable.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
+use cairn_core::storage::META_KEY;
 use cairn_core::Time;
 
-use crate::rng::{between, SimRng};
+use crate::atlas::DiskFaults;
+use crate::rng::{between, chance, SimRng};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskStats {
@@ -25,6 +32,26 @@ pub struct DiskStats {
     /// Unsynced writes that survived a crash anyway.
     pub lucky_writes: u64,
     pub backups: u64,
+    /// Syncs that failed (I/O error or full disk).
+    pub failed_syncs: u64,
+    /// Records damaged by corruption, torn or misdirected writes.
+    pub damaged: u64,
+}
+
+/// Why a sync failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncFailure {
+    IoError,
+    Full,
+}
+
+impl SyncFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            SyncFailure::IoError => "I/O error (EIO)",
+            SyncFailure::Full => "no space left on device (ENOSPC)",
+        }
+    }
 }
 
 pub struct Disk {
@@ -41,6 +68,12 @@ pub struct Disk {
     read_latency_us: (u64, u64),
     rng: SimRng,
     pub stats: DiskStats,
+    faults: DiskFaults,
+    /// Syncs fail until then.
+    full_until: Time,
+    /// Last good value of each record the simulator destroyed (`None`: the
+    /// key had no durable value), until the node rewrites it.
+    shadow: BTreeMap<Bytes, Option<Bytes>>,
 }
 
 impl Disk {
@@ -56,7 +89,40 @@ impl Disk {
             read_latency_us,
             rng,
             stats: DiskStats::default(),
+            faults: DiskFaults::default(),
+            full_until: Time::ZERO,
+            shadow: BTreeMap::new(),
         }
+    }
+
+    /// Sets what this disk may suffer.
+    pub fn set_faults(&mut self, faults: DiskFaults) {
+        self.faults = faults;
+    }
+
+    /// Every sync fails until `until`.
+    pub fn fill_up(&mut self, until: Time) {
+        self.full_until = self.full_until.max(until);
+    }
+
+    pub fn free_space(&mut self) {
+        self.full_until = Time::ZERO;
+    }
+
+    /// Decides whether a sync issued now fails (its writes then stay
+    /// unsynced).
+    pub fn sync_fails(&mut self, now: Time) -> Option<SyncFailure> {
+        let f = if now < self.full_until {
+            Some(SyncFailure::Full)
+        } else if chance(&mut self.rng, self.faults.io_error_ppm) {
+            Some(SyncFailure::IoError)
+        } else {
+            None
+        };
+        if f.is_some() {
+            self.stats.failed_syncs += 1;
+        }
+        f
     }
 
     /// Buffers a write (`None` deletes the key).
@@ -83,16 +149,67 @@ impl Disk {
     /// A sync issued when `mark` writes had been issued completes: those
     /// writes become durable.
     pub fn complete_sync(&mut self, mark: u64) {
+        let misdirect = self.retired < mark && chance(&mut self.rng, self.faults.misdirect_ppm);
+        let victim_write = if misdirect {
+            between(&mut self.rng, self.retired, mark - 1)
+        } else {
+            u64::MAX
+        };
         while self.retired < mark {
             let Some((key, value)) = self.pending.pop_front() else {
                 break;
             };
+            let seq = self.retired;
             self.retired += 1;
+            if seq == victim_write {
+                if let Some(v) = &value {
+                    if self.misdirect(&key, v) {
+                        continue;
+                    }
+                }
+            }
             self.apply(key, value);
         }
     }
 
+    /// Writes `value` (meant for `key`) under another durable key instead.
+    /// False when there is no other key to hit.
+    fn misdirect(&mut self, key: &Bytes, value: &Bytes) -> bool {
+        let meta_too = self.faults.meta_too;
+        let others: Vec<Bytes> = self
+            .durable
+            .keys()
+            .filter(|k| *k != key && (meta_too || k.as_ref() != META_KEY))
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return false;
+        }
+        let victim = others[between(&mut self.rng, 0, others.len() as u64 - 1) as usize].clone();
+        self.remember(key.clone(), Some(value.clone()));
+        self.remember_current(&victim);
+        self.durable.insert(victim, value.clone());
+        self.stats.damaged += 2;
+        true
+    }
+
+    /// Keeps the current durable value of `key` as its last good one.
+    fn remember_current(&mut self, key: &Bytes) {
+        let cur = self.durable.get(key).cloned();
+        self.shadow.entry(key.clone()).or_insert(cur);
+    }
+
+    /// Records `value` as what the node made durable under `key`.
+    fn remember(&mut self, key: Bytes, value: Option<Bytes>) {
+        self.shadow.insert(key, value);
+    }
+
     fn apply(&mut self, key: Bytes, value: Option<Bytes>) {
+        // A node dropping a damaged record does not undo the damage: the
+        // shadow goes only when the node writes the key anew.
+        if value.is_some() && !self.shadow.is_empty() {
+            self.shadow.remove(&key);
+        }
         match value {
             Some(v) => {
                 self.durable.insert(key, v);
@@ -129,6 +246,14 @@ impl Disk {
         self.backups.iter().map(|(l, s)| (l.as_str(), s))
     }
 
+    /// Replaces the durable image (an operator restoring a backup onto a
+    /// stopped node); unsynced writes are dropped.
+    pub fn replace_durable(&mut self, image: BTreeMap<Bytes, Bytes>) {
+        self.durable = image;
+        self.pending.clear();
+        self.retired = self.issued;
+    }
+
     /// When a read issued now completes.
     pub fn read_done_at(&mut self, now: Time) -> Time {
         self.stats.reads += 1;
@@ -152,6 +277,89 @@ impl Disk {
         self.durable.get(key)
     }
 
+    /// What the node made durable under `key`, looking through records the
+    /// simulator destroyed.
+    pub fn made_durable(&self, key: &[u8]) -> Option<&Bytes> {
+        match self.shadow.get(key) {
+            Some(v) => v.as_ref(),
+            None => self.durable.get(key),
+        }
+    }
+
+    /// Whether the simulator destroyed the record under `key` (and the node
+    /// has not written it anew since).
+    pub fn is_damaged(&self, key: &[u8]) -> bool {
+        self.shadow.contains_key(key)
+    }
+
+    /// The value the node last wrote under `key`, synced or not (`None`
+    /// when it last deleted it or never wrote it).
+    pub fn latest(&self, key: &[u8]) -> Option<&Bytes> {
+        match self.pending.iter().rev().find(|(k, _)| k.as_ref() == key) {
+            Some((_, v)) => v.as_ref(),
+            None => self.made_durable(key),
+        }
+    }
+
+    /// Damages a share (`pct` percent, at least one) of the durable records
+    /// (the metadata only if allowed). Returns how many.
+    pub fn corrupt(&mut self, pct: u64) -> u64 {
+        let meta_too = self.faults.meta_too;
+        let keys: Vec<Bytes> = self
+            .durable
+            .keys()
+            .filter(|k| meta_too || k.as_ref() != META_KEY)
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return 0;
+        }
+        let count = ((keys.len() as u64 * pct.min(100)).div_ceil(100)).max(1);
+        let mut hit = 0;
+        for k in keys {
+            if hit >= count {
+                break;
+            }
+            // Keep the chosen share, spread over the key space.
+            if between(&mut self.rng, 1, 100) > pct && pct < 100 {
+                continue;
+            }
+            self.remember_current(&k);
+            if let Some(v) = self.durable.get_mut(&k) {
+                let mut b = v.to_vec();
+                if b.is_empty() {
+                    b.push(0xff);
+                } else {
+                    let i = between(&mut self.rng, 0, b.len() as u64 - 1) as usize;
+                    b[i] ^= 1 << between(&mut self.rng, 0, 7);
+                }
+                *v = Bytes::from(b);
+                hit += 1;
+            }
+        }
+        self.stats.damaged += hit;
+        hit
+    }
+
+    /// A stop of the node: corrupted sectors may show up (fault-prone
+    /// disks only). Returns the records damaged.
+    pub fn maybe_corrupt(&mut self) -> u64 {
+        if !chance(&mut self.rng, self.faults.corrupt_ppm) {
+            return 0;
+        }
+        let pct = between(
+            &mut self.rng,
+            self.faults.corrupt_pct.0,
+            self.faults.corrupt_pct.1,
+        );
+        self.corrupt(pct.max(1))
+    }
+
+    /// Damages every data and hint record (the metadata only if allowed).
+    pub fn wipe(&mut self) -> u64 {
+        self.corrupt(100)
+    }
+
     pub fn durable_len(&self) -> usize {
         self.durable.len()
     }
@@ -171,6 +379,16 @@ impl Disk {
             }
         }
         let lost = self.pending.len() as u64;
+        if lost > 0 && chance(&mut self.rng, self.faults.torn_ppm) {
+            if let Some((k, Some(v))) = self.pending.front().cloned() {
+                if self.faults.meta_too || k.as_ref() != META_KEY {
+                    let cut = between(&mut self.rng, 0, v.len().saturating_sub(1) as u64) as usize;
+                    self.remember_current(&k);
+                    self.durable.insert(k, v.slice(..cut));
+                    self.stats.damaged += 1;
+                }
+            }
+        }
         self.pending.clear();
         self.retired = self.issued;
         self.stats.lucky_writes += keep;
@@ -237,6 +455,125 @@ mod tests {
             d.complete_backup(format!("{i}"), s);
         }
         assert_eq!(d.backups().count(), 4);
+    }
+
+    fn prone(misdirect_ppm: u32, torn_ppm: u32) -> DiskFaults {
+        DiskFaults {
+            prone: true,
+            misdirect_ppm,
+            torn_ppm,
+            corrupt_pct: (100, 100),
+            ..DiskFaults::default()
+        }
+    }
+
+    fn state(counter: u64) -> cairn_core::KeyState {
+        use cairn_core::{Actor, Dot, NodeId, VersionVector};
+        let mut s = cairn_core::KeyState::new();
+        let dot = Dot {
+            actor: Actor {
+                node: NodeId(1),
+                epoch: 1,
+            },
+            counter,
+        };
+        s.apply_write(&VersionVector::new(), dot, Some(b("v")));
+        s
+    }
+
+    #[test]
+    fn a_misdirected_write_is_caught_at_load_and_seen_through_by_oracles() {
+        use cairn_core::storage::{data_key, decode_record, encode_state};
+        let (ka, kb) = (data_key(3, 1, b"a"), data_key(3, 1, b"b"));
+        let mut d = disk(5);
+        d.write(ka.clone(), Some(encode_state(3, &ka, &state(1))));
+        d.write(kb.clone(), Some(encode_state(3, &kb, &state(2))));
+        let (_, mark) = d.sync(Time(0));
+        d.complete_sync(mark);
+        d.set_faults(prone(1_000_000, 0));
+        let newer = encode_state(3, &ka, &state(3));
+        d.write(ka.clone(), Some(newer.clone()));
+        let (_, mark) = d.sync(Time(0));
+        d.complete_sync(mark);
+        // The write landed on b; a kept its old record.
+        assert_eq!(d.durable(&kb), Some(&newer));
+        assert!(decode_record(&kb, d.durable(&kb).unwrap()).is_err());
+        assert!(decode_record(&ka, d.durable(&ka).unwrap()).is_ok());
+        assert_ne!(d.durable(&ka), Some(&newer));
+        // Oracles see what the node made durable.
+        assert_eq!(d.made_durable(&ka), Some(&newer));
+        assert!(d.is_damaged(&ka) && d.is_damaged(&kb));
+        assert!(decode_record(&kb, d.made_durable(&kb).unwrap()).is_ok());
+        // Rewriting a key heals its shadow; dropping it does not.
+        d.set_faults(DiskFaults::default());
+        d.write(kb.clone(), None);
+        let (_, mark) = d.sync(Time(0));
+        d.complete_sync(mark);
+        assert!(d.is_damaged(&kb));
+        d.write(kb.clone(), Some(encode_state(3, &kb, &state(4))));
+        let (_, mark) = d.sync(Time(0));
+        d.complete_sync(mark);
+        assert!(!d.is_damaged(&kb));
+    }
+
+    #[test]
+    fn corruption_and_torn_writes_are_caught_by_checksums() {
+        use cairn_core::storage::{data_key, decode_record, encode_meta, encode_state, Meta};
+        let mut d = disk(8);
+        let meta = Meta {
+            epoch: 1,
+            next_counter: 1,
+            clean: false,
+            schema: 3,
+            cluster_version: "0.2.0".into(),
+            generation: 1,
+        };
+        d.write(Bytes::from_static(META_KEY), Some(encode_meta(&meta)));
+        let keys: Vec<Bytes> = (0..20u8).map(|i| data_key(3, 0, &[i])).collect();
+        for (i, k) in keys.iter().enumerate() {
+            d.write(k.clone(), Some(encode_state(3, k, &state(i as u64 + 1))));
+        }
+        let (_, mark) = d.sync(Time(0));
+        d.complete_sync(mark);
+        d.set_faults(prone(0, 1_000_000));
+        assert_eq!(d.wipe(), 20, "the metadata is spared under the atlas");
+        for k in &keys {
+            assert!(decode_record(k, d.durable(k).unwrap()).is_err());
+            assert!(decode_record(k, d.made_durable(k).unwrap()).is_ok());
+        }
+        assert!(decode_record(META_KEY, d.durable(META_KEY).unwrap()).is_ok());
+        // A torn write: the first lost unsynced write is half-written.
+        let k = data_key(3, 0, b"torn");
+        let mut torn = 0;
+        for seed in 0..20 {
+            let mut d = disk(seed);
+            d.set_faults(prone(0, 1_000_000));
+            d.write(k.clone(), Some(encode_state(3, &k, &state(99))));
+            let (_, lost) = d.crash();
+            if lost == 1 {
+                torn += 1;
+                assert!(decode_record(&k, d.durable(&k).unwrap()).is_err());
+                assert!(d.is_damaged(&k) && d.made_durable(&k).is_none());
+            }
+        }
+        assert!(torn > 0);
+    }
+
+    #[test]
+    fn failed_syncs_leave_writes_unsynced() {
+        let mut d = disk(2);
+        d.set_faults(DiskFaults {
+            io_error_ppm: 1_000_000,
+            ..DiskFaults::default()
+        });
+        d.write(b("a"), Some(b("1")));
+        assert_eq!(d.sync_fails(Time(0)), Some(SyncFailure::IoError));
+        d.set_faults(DiskFaults::default());
+        d.fill_up(Time(100));
+        assert_eq!(d.sync_fails(Time(50)), Some(SyncFailure::Full));
+        assert_eq!(d.sync_fails(Time(100)), None);
+        assert_eq!(d.stats.failed_syncs, 2);
+        assert!(d.durable(b"a").is_none());
     }
 
     #[test]

@@ -6,26 +6,38 @@
 //!
 //! Map of the crate (a run flows top to bottom):
 //! - [`scenario`]: the fixed shape of a run and the ranges seeds draw from.
+//! - [`scenario_file`]: scenario files (TOML), the built-in ones embedded.
 //! - [`options`]: the concrete choices one seed makes (swarm testing).
 //! - [`rng`]: seed derivation, run -> node -> subsystem.
 //! - [`world`]: the event queue and drive loop; owns everything below.
 //!   - [`network`]: directed links with delay, loss, duplication, partitions,
 //!     clogging and bounded queues.
-//!   - [`disk`]: durable image, unsynced writes, crash loss.
+//!   - [`disk`]: durable image, unsynced writes, crash loss, disk faults.
+//!   - [`atlas`]: which disk faults and clock steps, kept recoverable by
+//!     the fault atlas; swarm topology.
 //!   - [`clock`]: per-node drift and offset.
 //!   - [`nemesis`]: which fault next.
 //!   - [`workload`]: the clients.
 //!   - [`history`]: the truth model of client writes and causality.
 //!   - [`oracle`]: the judgements.
+//!   - [`oracle_versions`]: the judgements about releases, cluster
+//!     versions, migrations and restores.
+//!   - [`upgrade`]: version scenarios and their orchestration plans (run by
+//!     `world_versions.rs`).
 //!   - [`trace`]: JSON-lines trace and its determinism hash.
 //! - [`report`]: outcomes, exit codes, summaries.
 //! - [`sweep`]: many seeds in parallel.
+//! - [`shrink`]: delta debugging of a failing run down to a small scenario.
 //! - [`planted`]: bugs that can be switched on in core to prove the oracles.
+//! - [`power`]: how quickly sweeps find each planted bug; its scenarios.
+//! - [`bench`]: simulator speed.
 //!
 //! Exit codes of the `cairn-sim` binary (see [`report::exit`]): 0 pass,
 //! 1 safety violation, 2 liveness failure, 3 panic in the code under test,
 //! 4 determinism mismatch, 64 usage error.
 
+pub mod atlas;
+pub mod bench;
 pub mod clock;
 pub mod disk;
 pub mod history;
@@ -33,12 +45,17 @@ pub mod nemesis;
 pub mod network;
 pub mod options;
 pub mod oracle;
+pub mod oracle_versions;
 pub mod planted;
+pub mod power;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod scenario_file;
+pub mod shrink;
 pub mod sweep;
 pub mod trace;
+pub mod upgrade;
 pub mod workload;
 pub mod world;
 

@@ -5,7 +5,7 @@
 //! - 1: safety violation (an oracle failed)
 //! - 2: liveness failure (no convergence within the bound)
 //! - 3: panic in the code under test
-//! - 4: determinism mismatch (reserved)
+//! - 4: determinism mismatch (a rechecked seed gave another trace hash)
 //! - 64: usage error
 //!
 //! A sweep exits with the most severe code among its seeds, ranked
@@ -27,7 +27,7 @@ Exit codes:
   1   safety violation: an oracle failed (lost or stale write, bad ack, reused dot, ...)
   2   liveness failure: the healed cluster did not converge within the bound
   3   panic in the code under test
-  4   determinism mismatch (reserved)
+  4   determinism mismatch: a rechecked seed gave another trace hash
   64  usage error
 A sweep exits with the most severe code among its seeds (1 > 3 > 2 > 4).";
 
@@ -48,11 +48,12 @@ enum Command {
     /// Run one seed and print its options, a summary and the trace hash.
     #[command(after_help = EXIT_CODES)]
     Run {
-        /// The seed (decimal or 0x-prefixed hex).
+        /// The seed (decimal or 0x-prefixed hex); default: the first of the
+        /// scenario's `seeds`.
         #[arg(long)]
-        seed: String,
-        /// A built-in scenario (see `cairn-sim scenarios`).
-        #[arg(long, default_value = "default")]
+        seed: Option<String>,
+        /// A built-in scenario (see `cairn-sim scenarios`) or a scenario file.
+        #[arg(long, default_value = "default", value_name = "NAME|PATH")]
         scenario: String,
         /// Write the trace as JSON lines to this file.
         #[arg(long)]
@@ -60,6 +61,10 @@ enum Command {
         /// Switch on a planted bug in every node (repeatable).
         #[arg(long = "planted-bug", value_name = "NAME")]
         planted_bug: Vec<String>,
+        /// Lift the fault atlas: destructive disk faults on any node; only
+        /// the safety oracles that do not assume durability apply.
+        #[arg(long)]
+        unlimited_faults: bool,
     },
     /// Run many seeds in parallel; print every failure with its replay command.
     #[command(after_help = EXIT_CODES)]
@@ -73,15 +78,75 @@ enum Command {
         /// Shard K of N (1-based): keeps the seeds with seed % N == K-1.
         #[arg(long, value_name = "K/N")]
         shard: Option<String>,
-        /// A built-in scenario, or `all`.
-        #[arg(long, default_value = "default")]
+        /// A built-in scenario, a scenario file, or `all`.
+        #[arg(long, default_value = "default", value_name = "NAME|PATH|all")]
         scenario: String,
         /// Switch on a planted bug in every node (repeatable).
         #[arg(long = "planted-bug", value_name = "NAME")]
         planted_bug: Vec<String>,
+        /// Lift the fault atlas (see `run --help`).
+        #[arg(long)]
+        unlimited_faults: bool,
+        /// Re-run this percentage of the seeds and compare trace hashes; a
+        /// mismatch fails the sweep with exit code 4.
+        #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+        recheck: f64,
+        /// Plant nondeterminism (state shared between runs), to see the
+        /// determinism self-check fail.
+        #[arg(long, hide = true)]
+        plant_nondeterminism: bool,
+    },
+    /// Hunt every planted bug in its scenario and print how many seeds,
+    /// how much wall time and which oracle it took to find it.
+    Power {
+        /// Seeds tried per bug, at most.
+        #[arg(long, default_value_t = 100)]
+        budget: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Seeds run at once.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Only these bugs (repeatable; default: all).
+        #[arg(long = "planted-bug", value_name = "NAME")]
+        planted_bug: Vec<String>,
+    },
+    /// Measure simulator speed on one thread: simulated seconds per wall
+    /// second, events per second, seeds per second.
+    Bench {
+        #[arg(long, default_value = "default", value_name = "NAME|PATH")]
+        scenario: String,
+        /// Seeds to run.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
     },
     /// List the built-in scenarios and planted bugs.
     Scenarios,
+    /// Reduce a failing seed to a minimal explicit scenario that still fails
+    /// the same oracle (delta debugging over its faults and client
+    /// operations), and write it as a scenario file.
+    #[command(after_help = EXIT_CODES)]
+    Shrink {
+        /// The failing seed.
+        #[arg(long)]
+        seed: String,
+        /// A built-in scenario or a scenario file.
+        #[arg(long, default_value = "default", value_name = "NAME|PATH")]
+        scenario: String,
+        /// Switch on a planted bug in every node (repeatable).
+        #[arg(long = "planted-bug", value_name = "NAME")]
+        planted_bug: Vec<String>,
+        /// Where to write the minimal scenario (default:
+        /// shrunk-<scenario>-<seed>.toml).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stop reducing after this many runs.
+        #[arg(long, default_value_t = 5000)]
+        max_runs: usize,
+    },
 }
 
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
@@ -91,18 +156,16 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
-    if name == "all" {
-        return Ok(scenario::BUILTIN
-            .iter()
-            .filter_map(|n| scenario::builtin(n))
-            .collect());
+    cairn_sim::scenario_file::resolve(name)
+        .or_else(|e| cairn_sim::power::scenario(name).map(|s| vec![s]).ok_or(e))
+}
+
+fn lift_atlas(list: &mut [Scenario], unlimited: bool) {
+    if unlimited {
+        for s in list {
+            s.disk_faults.unlimited = true;
+        }
     }
-    scenario::builtin(name).map(|s| vec![s]).ok_or_else(|| {
-        format!(
-            "unknown scenario {name:?}; built-in: {}",
-            scenario::BUILTIN.join(", ")
-        )
-    })
 }
 
 fn bugs(names: &[String]) -> Result<Vec<PlantedBug>, String> {
@@ -133,12 +196,32 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Scenarios => {
-            for name in scenario::BUILTIN {
-                if let Some(s) = scenario::builtin(name) {
-                    println!("{:<28} {}", s.name, s.description);
+            use cairn_sim::scenario_file::{kind_of, Kind};
+            for (kind, title) in [
+                (
+                    Kind::Scenario,
+                    "scenarios (--scenario NAME; `all` sweeps these):",
+                ),
+                (
+                    Kind::Regression,
+                    "regressions (seeds that once found bugs):",
+                ),
+                (
+                    Kind::Canary,
+                    "canaries (a planted bug the oracles must catch):",
+                ),
+            ] {
+                println!("{title}");
+                for name in scenario::builtin_names() {
+                    if kind_of(name) != kind {
+                        continue;
+                    }
+                    if let Some(s) = scenario::builtin(name) {
+                        println!("{:<30} {}", s.name, s.description);
+                    }
                 }
+                println!();
             }
-            println!();
             println!("planted bugs (--planted-bug NAME):");
             for b in planted::all() {
                 println!("{:<28} {}", b.name, b.description());
@@ -150,17 +233,24 @@ fn main() -> ExitCode {
             scenario,
             trace,
             planted_bug,
+            unlimited_faults,
         } => {
-            let seed = match parse_seeds(&seed) {
-                Ok((s, e)) if e == s + 1 => s,
-                Ok(_) => return usage("--seed takes one seed"),
-                Err(e) => return usage(e),
-            };
             let mut list = match scenarios(&scenario) {
                 Ok(l) if l.len() == 1 => l,
                 Ok(_) => return usage("run takes one scenario"),
                 Err(e) => return usage(e),
             };
+            lift_atlas(&mut list, unlimited_faults);
+            let seed = match seed.as_deref().map(parse_seeds) {
+                Some(Ok((s, e))) if e == s + 1 => s,
+                Some(Ok(_)) => return usage("--seed takes one seed"),
+                Some(Err(e)) => return usage(e),
+                None => match list[0].seeds.first() {
+                    Some(&s) => s,
+                    None => return usage("--seed is required (the scenario names no seeds)"),
+                },
+            };
+            let expect = list[0].expect.clone();
             let bugs = match bugs(&planted_bug) {
                 Ok(b) => b,
                 Err(e) => return usage(e),
@@ -182,10 +272,111 @@ fn main() -> ExitCode {
             }
             let report = run(&cfg);
             println!("{report}");
+            if !expect.is_pass() {
+                println!(
+                    "expected: {expect} ({})",
+                    if expect.matches(&report.outcome) {
+                        "as expected"
+                    } else {
+                        "NOT as expected"
+                    }
+                );
+            }
             if !report.outcome.is_pass() {
-                println!("replay: {}", report.replay_command());
+                if scenario.contains('/') || scenario.ends_with(".toml") {
+                    println!("replay: cairn-sim run --seed {seed} --scenario {scenario}");
+                } else {
+                    println!("replay: {}", report.replay_command());
+                }
             }
             ExitCode::from(report.outcome.code() as u8)
+        }
+        Command::Shrink {
+            seed,
+            scenario,
+            planted_bug,
+            out,
+            max_runs,
+        } => {
+            let seed = match parse_seeds(&seed) {
+                Ok((s, e)) if e == s + 1 => s,
+                Ok(_) => return usage("--seed takes one seed"),
+                Err(e) => return usage(e),
+            };
+            let mut list = match scenarios(&scenario) {
+                Ok(l) if l.len() == 1 => l,
+                Ok(_) => return usage("shrink takes one scenario"),
+                Err(e) => return usage(e),
+            };
+            let bugs = match bugs(&planted_bug) {
+                Ok(b) => b,
+                Err(e) => return usage(e),
+            };
+            cairn_sim::install_panic_hook(true);
+            let base = list.remove(0);
+            let out =
+                out.unwrap_or_else(|| PathBuf::from(format!("shrunk-{}-{seed}.toml", base.name)));
+            let cfg = cairn_sim::shrink::ShrinkConfig {
+                seed,
+                scenario: base,
+                bugs,
+                max_runs,
+                verbose: true,
+            };
+            let shrunk = match cairn_sim::shrink::shrink(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(exit::USAGE as u8);
+                }
+            };
+            let header = format!(
+                "Shrunk from seed {seed} of scenario {}: {} fault(s) + {} client operation(s) -> {} + {}.\nOriginal failure: {}\nReplay: cairn-sim run --scenario {}",
+                cfg.scenario.name,
+                shrunk.before.0,
+                shrunk.before.1,
+                shrunk.after.0,
+                shrunk.after.1,
+                shrunk.original.message(),
+                out.display()
+            );
+            let text = match cairn_sim::shrink::to_file_text(&shrunk.scenario, &header) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(exit::USAGE as u8);
+                }
+            };
+            if let Err(e) = std::fs::write(&out, text) {
+                eprintln!("error: cannot write {}: {e}", out.display());
+                return ExitCode::from(exit::USAGE as u8);
+            }
+            println!(
+                "before: {} events ({} fault(s), {} client operation(s))",
+                shrunk.before_total(),
+                shrunk.before.0,
+                shrunk.before.1
+            );
+            println!(
+                "after:  {} events ({} fault(s), {} client operation(s)), {:.1}% of the original",
+                shrunk.after_total(),
+                shrunk.after.0,
+                shrunk.after.1,
+                100.0 * shrunk.after_total() as f64 / shrunk.before_total().max(1) as f64
+            );
+            println!(
+                "still fails: {}: {}",
+                shrunk.outcome.label(),
+                shrunk.outcome.message()
+            );
+            println!(
+                "{} run(s) in {:.1} s; wrote {}",
+                shrunk.runs,
+                shrunk.wall.as_secs_f64(),
+                out.display()
+            );
+            println!("replay: cairn-sim run --scenario {}", out.display());
+            ExitCode::from(shrunk.outcome.code() as u8)
         }
         Command::Sweep {
             seeds,
@@ -193,7 +384,14 @@ fn main() -> ExitCode {
             shard,
             scenario,
             planted_bug,
+            unlimited_faults,
+            recheck: recheck_pct,
+            plant_nondeterminism,
         } => {
+            if !(0.0..=100.0).contains(&recheck_pct) {
+                return usage("--recheck takes a percentage in 0..=100");
+            }
+            cairn_sim::sweep::plant_nondeterminism(plant_nondeterminism);
             let seeds = match parse_seeds(&seeds) {
                 Ok(s) => s,
                 Err(e) => return usage(e),
@@ -202,10 +400,11 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return usage(e),
             };
-            let scenarios = match scenarios(&scenario) {
+            let mut scenarios = match scenarios(&scenario) {
                 Ok(l) => l,
                 Err(e) => return usage(e),
             };
+            lift_atlas(&mut scenarios, unlimited_faults);
             let bugs = match bugs(&planted_bug) {
                 Ok(b) => b,
                 Err(e) => return usage(e),
@@ -257,7 +456,54 @@ fn main() -> ExitCode {
             );
             let failed = report.results.len() - report.passed();
             println!("{} passed, {} failed", report.passed(), failed);
-            ExitCode::from(report.exit_code() as u8)
+            let checked = cairn_sim::sweep::recheck(&cfg, &report, recheck_pct);
+            for m in &checked.mismatches {
+                println!("{m}");
+            }
+            println!(
+                "determinism: {} of {} seed(s) re-run, {} mismatch(es)",
+                checked.rechecked,
+                report.results.len(),
+                checked.mismatches.len()
+            );
+            let code = [report.exit_code(), checked.exit_code()]
+                .into_iter()
+                .max_by_key(|&c| cairn_sim::report::severity(c))
+                .unwrap_or(exit::PASS);
+            ExitCode::from(code as u8)
+        }
+        Command::Power {
+            budget,
+            start,
+            jobs,
+            planted_bug,
+        } => {
+            let only = match bugs(&planted_bug) {
+                Ok(b) => b,
+                Err(e) => return usage(e),
+            };
+            cairn_sim::install_panic_hook(true);
+            let rows: Vec<_> = cairn_sim::power::table_of(&only, start, budget, jobs);
+            print!("{}", cairn_sim::power::render(&rows));
+            let missed = rows
+                .iter()
+                .any(|r| matches!(r.result, cairn_sim::power::Hunt::NotFound { .. }));
+            ExitCode::from(if missed { exit::SAFETY as u8 } else { 0 })
+        }
+        Command::Bench {
+            scenario,
+            seeds,
+            start,
+        } => {
+            let list = match scenarios(&scenario) {
+                Ok(l) if l.len() == 1 => l,
+                Ok(_) => return usage("bench takes one scenario"),
+                Err(e) => return usage(e),
+            };
+            cairn_sim::install_panic_hook(true);
+            let b = cairn_sim::bench::bench(&list[0], start, seeds.max(1));
+            println!("{b}");
+            ExitCode::SUCCESS
         }
     }
 }

@@ -7,6 +7,10 @@
 //! heal. Crashes never take more than `max_down` nodes down at once, and
 //! every fault is undone by itself after a bounded time, so progress is
 //! always possible again.
+//!
+//! [`VersionNemesis`] makes the random choices of the version orchestrator
+//! (`world_versions.rs`): node orders for rolling upgrades, which node to
+//! ask to finalize, pauses, and when to crash a migrating node.
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -169,6 +173,34 @@ impl Nemesis {
     }
 }
 
+/// Random choices of the version orchestrator, from its own stream so
+/// that they do not shift the fault nemesis' draws.
+pub struct VersionNemesis {
+    pub rng: SimRng,
+}
+
+impl VersionNemesis {
+    pub fn new(rng: SimRng) -> VersionNemesis {
+        VersionNemesis { rng }
+    }
+
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        between(&mut self.rng, lo, hi)
+    }
+
+    /// A random order of the nodes `0..n` (rolling upgrades go this way).
+    pub fn order(&mut self, n: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).collect();
+        v.shuffle(&mut self.rng);
+        v
+    }
+
+    /// One of `nodes`, if any.
+    pub fn pick(&mut self, nodes: &[usize]) -> Option<usize> {
+        nodes.choose(&mut self.rng).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +246,23 @@ mod tests {
             crashed |= matches!(n.choose(&[0, 1, 2, 3, 4], 0), Some(Action::Crash(_)));
         }
         assert!(crashed);
+    }
+
+    #[test]
+    fn version_orders_are_permutations() {
+        let mut v = VersionNemesis::new(rng_from(5));
+        let mut seen_other = false;
+        for _ in 0..20 {
+            let mut o = v.order(5);
+            seen_other |= o != vec![0, 1, 2, 3, 4];
+            o.sort_unstable();
+            assert_eq!(o, vec![0, 1, 2, 3, 4]);
+        }
+        assert!(seen_other);
+        assert_eq!(v.pick(&[]), None);
+        assert_eq!(v.pick(&[3]), Some(3));
+        let b = v.between(10, 20);
+        assert!((10..=20).contains(&b));
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct Options {
     pub faults: FaultOptions,
     pub safety_ms: u64,
     pub liveness_ms: u64,
+    /// Disk faults, clock steps and the fault atlas.
+    pub deep: crate::atlas::DeepOptions,
 }
 
 fn draw(rng: &mut SimRng, s: Span) -> u64 {
@@ -126,6 +128,8 @@ fn draw_range(rng: &mut SimRng, s: Span) -> (u64, u64) {
 
 impl Options {
     pub fn derive(seed: u64, scenario: &Scenario) -> Options {
+        let swarm = !scenario.swarm.is_default();
+        let scenario = &crate::atlas::specialise(scenario, seed);
         let seeds = Seeds::new(seed);
         let mut rng = seeds.subsystem("options");
         let n = scenario.nodes;
@@ -206,7 +210,7 @@ impl Options {
             clog_ms: draw_range(&mut rng, f.clog_ms),
             shutdown_bound_ms: f.shutdown_bound_ms,
         };
-        Options {
+        let mut options = Options {
             seed,
             scenario: scenario.name.clone(),
             nodes: n,
@@ -221,7 +225,10 @@ impl Options {
             faults,
             safety_ms: scenario.safety_ms,
             liveness_ms: scenario.liveness_ms,
-        }
+            deep: crate::atlas::derive(seed, scenario, swarm),
+        };
+        crate::world::fit_options(&mut options, scenario);
+        options
     }
 }
 
@@ -315,11 +322,19 @@ impl fmt::Display for Options {
             wl.mix.delete * 100 / t,
             wl.mix.read * 100 / t
         )?;
+        if self.deep.any() {
+            writeln!(f, "{}", self.deep)?;
+        }
         write!(
             f,
-            "  phases: safety {} s, liveness bound {} s",
+            "  phases: safety {} s, liveness bound {} s{}",
             self.safety_ms / 1000,
-            self.liveness_ms / 1000
+            self.liveness_ms / 1000,
+            if self.deep.swarm {
+                " (swarm: topology and quorum drawn by the seed)"
+            } else {
+                ""
+            }
         )
     }
 }

@@ -10,7 +10,16 @@
 //! | `ack-durable`     | every `Response::Written`      | at least W replicas of the key hold the write durably |
 //! | `ack-has-dot`     | every `Response::Written`      | an acknowledged write was issued a dot            |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
+//! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
+//!
+//! The version oracles (`no-early-format`, `migration-keeps-records`,
+//! `cluster-version-monotone`, `restore-epoch`, `expectation`, and
+//! `decodable` for `Event::UnknownMessage`) are in
+//! [`crate::oracle_versions`].
+//!
+//! With `--unlimited-faults` (see [`crate::atlas`]) `lost-ack`,
+//! `stale-read` and `convergence` are not judged; the rest are.
 //!
 //! "Acknowledged before the read" uses the frontier of acknowledged writes
 //! snapshotted when the read was sent; checking the frontier suffices since

@@ -92,6 +92,14 @@ pub struct FaultStats {
     pub clogs: u64,
     pub heals: u64,
     pub halts: u64,
+    /// Stops or syncs that damaged durable records.
+    pub disk_damage: u64,
+    pub sync_failures: u64,
+    pub disk_full: u64,
+    pub clock_steps: u64,
+    /// Nodes crashed with all their data damaged at the end of the safety
+    /// phase.
+    pub wipes: u64,
 }
 
 impl FaultStats {
@@ -103,6 +111,11 @@ impl FaultStats {
             + self.isolations
             + self.one_way
             + self.clogs
+            + self.disk_damage
+            + self.sync_failures
+            + self.disk_full
+            + self.clock_steps
+            + self.wipes
     }
 }
 
@@ -119,6 +132,8 @@ pub struct Stats {
     pub disk: DiskStats,
     pub events: u64,
     pub trace_records: u64,
+    /// What the version orchestrator did (empty outside version scenarios).
+    pub versions: crate::upgrade::VersionStats,
 }
 
 /// The result of one run.
@@ -146,6 +161,9 @@ impl RunReport {
         for b in &self.bugs {
             cmd.push_str(" --planted-bug ");
             cmd.push_str(b);
+        }
+        if self.options.deep.unlimited {
+            cmd.push_str(" --unlimited-faults");
         }
         cmd
     }
@@ -220,6 +238,21 @@ impl fmt::Display for RunReport {
             "  disk: {} writes, {} syncs, {} unsynced writes lost on crash ({} survived)",
             s.disk.writes, s.disk.syncs, s.disk.lost_writes, s.disk.lucky_writes
         )?;
+        if fs.disk_damage + fs.sync_failures + fs.disk_full + fs.clock_steps + fs.wipes > 0 {
+            writeln!(
+                f,
+                "  disk and clock faults: {} damaging ({} records damaged, {} final wipes), {} failed syncs, {} full disks, {} clock steps",
+                fs.disk_damage + fs.wipes,
+                s.disk.damaged,
+                fs.wipes,
+                fs.sync_failures,
+                fs.disk_full,
+                fs.clock_steps
+            )?;
+        }
+        if !s.versions.is_empty() {
+            writeln!(f, "  versions: {}", s.versions)?;
+        }
         writeln!(
             f,
             "  wall: {:.3} s ({:.0} simulated s per wall s, {} events, {} trace records)",

@@ -3,7 +3,7 @@
 //! Results are collected and sorted by (scenario, seed), so what a sweep
 //! prints does not depend on thread scheduling.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use cairn_core::Time;
@@ -195,6 +195,185 @@ pub fn sweep(cfg: &SweepConfig) -> SweepReport {
     }
 }
 
+// ----- determinism self-check -------------------------------------------
+
+/// Switched on only by tests and `--plant-nondeterminism`: a counter that
+/// survives from one run to the next in this process (the bug class of
+/// statics shared between runs) perturbs when clients start.
+static PLANT_NONDETERMINISM: AtomicBool = AtomicBool::new(false);
+static RUNS_SO_FAR: AtomicU64 = AtomicU64::new(0);
+
+/// Plants (or removes) nondeterminism in every later run of this process.
+pub fn plant_nondeterminism(on: bool) {
+    PLANT_NONDETERMINISM.store(on, Ordering::SeqCst);
+}
+
+/// Extra start delay of a client: zero unless nondeterminism is planted.
+pub fn planted_jitter_us() -> u64 {
+    if PLANT_NONDETERMINISM.load(Ordering::Relaxed) {
+        RUNS_SO_FAR.fetch_add(1, Ordering::Relaxed) % 997
+    } else {
+        0
+    }
+}
+
+/// Which results a recheck of `pct` percent re-runs: evenly spread, at
+/// least one when `pct > 0`.
+pub fn recheck_picks(len: usize, pct: f64) -> Vec<usize> {
+    if len == 0 || pct <= 0.0 {
+        return Vec::new();
+    }
+    let count = ((len as f64 * pct / 100.0).ceil() as usize).clamp(1, len);
+    (0..count).map(|i| i * len / count).collect()
+}
+
+/// Two runs of one seed that disagreed.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    pub seed: u64,
+    pub scenario: String,
+    pub first_hash: u64,
+    pub second_hash: u64,
+    /// The first diverging trace line of a further pair of runs: (1-based
+    /// line number, line of one run, line of the other).
+    pub diverging: Option<(usize, String, String)>,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DETERMINISM seed {} scenario {}: trace hash 0x{:016x} then 0x{:016x}",
+            self.seed, self.scenario, self.first_hash, self.second_hash
+        )?;
+        match &self.diverging {
+            Some((n, a, b)) => write!(
+                f,
+                "\n  first diverging trace line {n}:\n    run 1: {a}\n    run 2: {b}"
+            ),
+            None => write!(
+                f,
+                "\n  (two further runs wrote identical traces: the divergence did not recur)"
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RecheckReport {
+    pub rechecked: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+impl RecheckReport {
+    pub fn exit_code(&self) -> i32 {
+        if self.mismatches.is_empty() {
+            exit::PASS
+        } else {
+            exit::DETERMINISM
+        }
+    }
+}
+
+/// Re-runs a share (`pct` percent) of a sweep's seeds and compares trace
+/// hashes; for each mismatch, runs the seed twice more writing traces and
+/// names the first line where they differ.
+pub fn recheck(cfg: &SweepConfig, report: &SweepReport, pct: f64) -> RecheckReport {
+    let picks: Vec<&SeedResult> = recheck_picks(report.results.len(), pct)
+        .into_iter()
+        .map(|i| &report.results[i])
+        .collect();
+    let scenario_of = |name: &str| cfg.scenarios.iter().find(|s| s.name == name).cloned();
+    let next = AtomicUsize::new(0);
+    let mismatches: Mutex<Vec<Mismatch>> = Mutex::new(Vec::new());
+    let jobs = cfg.jobs.max(1).min(picks.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(r) = picks.get(i) else {
+                    break;
+                };
+                let Some(scenario) = scenario_of(&r.scenario) else {
+                    continue;
+                };
+                let rc = RunConfig {
+                    seed: r.seed,
+                    scenario,
+                    bugs: cfg.bugs.clone(),
+                    trace: None,
+                };
+                let again = run(&rc);
+                if again.trace_hash != r.trace_hash {
+                    let diverging = first_divergence(&rc);
+                    mismatches
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Mismatch {
+                            seed: r.seed,
+                            scenario: r.scenario.clone(),
+                            first_hash: r.trace_hash,
+                            second_hash: again.trace_hash,
+                            diverging,
+                        });
+                }
+            });
+        }
+    });
+    let mut mismatches = mismatches.into_inner().unwrap_or_else(|e| e.into_inner());
+    mismatches.sort_by(|a, b| (&a.scenario, a.seed).cmp(&(&b.scenario, b.seed)));
+    RecheckReport {
+        rechecked: picks.len(),
+        mismatches,
+    }
+}
+
+/// Runs `rc` twice writing JSON traces and returns the first line where
+/// they differ.
+pub fn first_divergence(rc: &RunConfig) -> Option<(usize, String, String)> {
+    static FILES: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir();
+    let paths: Vec<std::path::PathBuf> = (0..2)
+        .map(|_| {
+            let k = FILES.fetch_add(1, Ordering::Relaxed);
+            dir.join(format!(
+                "cairn-sim-recheck-{}-{}-{k}.jsonl",
+                std::process::id(),
+                rc.seed
+            ))
+        })
+        .collect();
+    let texts: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            let mut c = rc.clone();
+            c.trace = Some(p.clone());
+            run(&c);
+            let t = std::fs::read_to_string(p).unwrap_or_default();
+            let _ = std::fs::remove_file(p);
+            t
+        })
+        .collect();
+    let (a, b) = (&texts[0], &texts[1]);
+    let mut la = a.lines();
+    let mut lb = b.lines();
+    let mut n = 0;
+    loop {
+        n += 1;
+        match (la.next(), lb.next()) {
+            (None, None) => return None,
+            (x, y) if x == y => continue,
+            (x, y) => {
+                return Some((
+                    n,
+                    x.unwrap_or("(end of trace)").to_string(),
+                    y.unwrap_or("(end of trace)").to_string(),
+                ))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +399,15 @@ mod tests {
             progress: false,
         };
         assert_eq!(cfg.seed_list(), vec![1, 4, 7]);
+    }
+
+    #[test]
+    fn rechecks_pick_an_even_share() {
+        assert_eq!(recheck_picks(1000, 5.0).len(), 50);
+        assert_eq!(recheck_picks(10, 5.0), vec![0]);
+        assert_eq!(recheck_picks(4, 100.0), vec![0, 1, 2, 3]);
+        assert!(recheck_picks(10, 0.0).is_empty());
+        assert!(recheck_picks(0, 5.0).is_empty());
     }
 
     #[test]

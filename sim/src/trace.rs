@@ -52,6 +52,16 @@ pub enum FaultKind {
     Unclog,
     /// A node halted itself (fatal storage error) and is restarted.
     Halted,
+    /// A sync failed (I/O error or full disk); `detail` 1 = full disk.
+    SyncFailed,
+    /// A node's disk filled up; `detail` is how long, in µs.
+    DiskFull,
+    /// Durable records were damaged (corruption, torn or misdirected
+    /// writes); `detail` counts them.
+    DiskDamage,
+    /// A node's clock stepped; `detail` is the step in µs, as two's
+    /// complement.
+    ClockStep,
 }
 
 impl FaultKind {
@@ -69,6 +79,10 @@ impl FaultKind {
             FaultKind::Clog => "clog",
             FaultKind::Unclog => "unclog",
             FaultKind::Halted => "halted",
+            FaultKind::SyncFailed => "sync-failed",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::DiskDamage => "disk-damage",
+            FaultKind::ClockStep => "clock-step",
         }
     }
 }
@@ -195,6 +209,13 @@ pub enum Record<'a> {
     Outcome {
         code: u8,
         message: &'a str,
+    },
+    /// A step or observation of the version orchestrator (release change,
+    /// finalization and its answer, migration, backup, restore, refusal).
+    Version {
+        node: u32,
+        action: &'static str,
+        detail: &'a str,
     },
 }
 
@@ -410,6 +431,16 @@ fn encode(b: &mut Vec<u8>, at: Time, rec: &Record<'_>) {
             b.push(code);
             put_str(b, message);
         }
+        Record::Version {
+            node,
+            action,
+            detail,
+        } => {
+            b.push(10);
+            put32(b, node);
+            put_str(b, action);
+            put_str(b, detail);
+        }
     }
 }
 
@@ -476,6 +507,11 @@ fn to_json(at: Time, rec: &Record<'_>) -> serde_json::Value {
         Record::Outcome { code, message } => {
             json!({"t": t, "ev": "outcome", "code": code, "message": message})
         }
+        Record::Version {
+            node,
+            action,
+            detail,
+        } => json!({"t": t, "ev": "version", "node": node, "action": action, "detail": detail}),
     }
 }
 

@@ -27,8 +27,9 @@ use cairn_core::{
     ReadRequest, Request, RequestId, Response, Time,
 };
 
+use crate::atlas::{Atlas, Chaos};
 use crate::clock::Clock;
-use crate::disk::{Disk, DiskStats};
+use crate::disk::{Disk, DiskStats, SyncFailure};
 use crate::history::{encode_value, History, WriteId};
 use crate::nemesis::{Action, Nemesis};
 use crate::network::{Fate, Network};
@@ -40,6 +41,13 @@ use crate::rng::Seeds;
 use crate::scenario::Scenario;
 use crate::trace::{message_type, DropReason, FaultKind, NodeEventKind, OpOutcome, Record, Trace};
 use crate::workload::{ClientState, Continuation, InFlight, Plan, Step, Then, Workload};
+
+#[path = "world_script.rs"]
+mod script;
+pub use script::{fit_options, run_recorded, Recording};
+
+#[path = "world_versions.rs"]
+mod versions;
 
 /// Everything needed to run one seed.
 #[derive(Clone)]
@@ -81,6 +89,10 @@ enum Ev {
     Deliver {
         from: usize,
         to: usize,
+        /// The destination's incarnation when the message was sent: a node
+        /// that restarted since never sees it (its connections were reset,
+        /// as with TCP).
+        to_inc: u32,
         bytes: Bytes,
         duplicate: bool,
     },
@@ -94,7 +106,10 @@ enum Ev {
         inc: u32,
         io: IoId,
         mark: u64,
+        failed: Option<SyncFailure>,
     },
+    /// Disk fills up, clock steps (see [`crate::atlas`]).
+    Chaos,
     ReadDone {
         node: usize,
         inc: u32,
@@ -133,6 +148,12 @@ enum Ev {
     Heal {
         gen: u64,
     },
+    /// An explicit fault of the scenario's schedule.
+    Scripted {
+        index: usize,
+    },
+    /// The version orchestrator.
+    Versions(versions::VEv),
     SafetyEnd,
     ConvergenceCheck,
     FinalRead {
@@ -204,6 +225,10 @@ pub struct World {
     converged_at: Option<Time>,
     final_todo: BTreeSet<u32>,
     draining: bool,
+    /// Disk faults and clock steps (see [`crate::atlas`]).
+    atlas: Atlas,
+    script: script::Script,
+    versions: versions::Driver,
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -222,7 +247,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl World {
     pub fn new(cfg: &RunConfig, trace: Trace) -> World {
-        let scenario = cfg.scenario.clone();
+        let scenario = crate::atlas::specialise(&cfg.scenario, cfg.seed);
         let options = Options::derive(cfg.seed, &scenario);
         let seeds = Seeds::new(cfg.seed);
         let n = scenario.nodes as usize;
@@ -254,8 +279,15 @@ impl World {
                 ),
             })
             .collect();
+        let mut slots: Vec<Slot> = slots;
+        for (i, s) in slots.iter_mut().enumerate() {
+            s.disk.set_faults(options.deep.disk_faults(i));
+        }
+        let atlas = Atlas::new(options.deep.clone(), n, seeds.subsystem("atlas"));
         let workload = Workload::new(&options.workload, seeds.subsystem("workload"));
         let history = History::new(&workload.keys);
+        let script = script::Script::new(&scenario, workload.clients.len());
+        let versions = versions::Driver::new(&scenario, &seeds);
         World {
             now: Time::ZERO,
             seq: 0,
@@ -266,7 +298,7 @@ impl World {
             nemesis: Nemesis::new(&options.faults, n, seeds.subsystem("nemesis")),
             scenario,
             options,
-            bugs: cfg.bugs.clone(),
+            bugs: script::bugs(cfg),
             members,
             ring,
             quorum,
@@ -283,6 +315,9 @@ impl World {
             converged_at: None,
             final_todo: BTreeSet::new(),
             draining: false,
+            atlas,
+            script,
+            versions,
         }
     }
 
@@ -344,9 +379,12 @@ impl World {
                 break;
             }
         }
-        for c in 0..self.workload.clients.len() as u32 {
-            let d = self.workload.initial_delay_us();
-            self.after(d, Ev::ClientWake { client: c });
+        self.versions_start();
+        if !self.start_script() {
+            for c in 0..self.workload.clients.len() as u32 {
+                let d = self.workload.initial_delay_us() + crate::sweep::planted_jitter_us();
+                self.after(d, Ev::ClientWake { client: c });
+            }
         }
         if !self.nemesis.is_idle() {
             let d = self.nemesis.interval_us();
@@ -360,6 +398,10 @@ impl World {
         if self.options.faults.require_partition {
             let d = self.nemesis.early_us(safety_ms);
             self.after(d, Ev::ForcedPartition);
+        }
+        if self.atlas.opts.ticks() {
+            let d = self.atlas.tick_us();
+            self.after(d, Ev::Chaos);
         }
         self.schedule(Time::from_millis(safety_ms), Ev::SafetyEnd);
 
@@ -379,6 +421,7 @@ impl World {
             }
             self.handle(s.ev);
         }
+        self.finish_script();
         let (outcome, at) = self.outcome.clone().unwrap_or((Outcome::Pass, self.now));
         let message = outcome.message();
         self.trace.record(
@@ -396,9 +439,10 @@ impl World {
             Ev::Deliver {
                 from,
                 to,
+                to_inc,
                 bytes,
                 duplicate,
-            } => self.deliver(from, to, bytes, duplicate),
+            } => self.deliver(from, to, to_inc, bytes, duplicate),
             Ev::Timer { node, inc, gen } => {
                 let s = &mut self.slots[node];
                 if s.inc == inc && s.timer_gen == gen && s.node.is_some() {
@@ -410,11 +454,37 @@ impl World {
                 node,
                 inc,
                 io,
+                mark: _,
+                failed: Some(why),
+            } => {
+                let s = &self.slots[node];
+                if s.inc == inc && s.node.is_some() {
+                    self.faults.sync_failures += 1;
+                    let full = (why == SyncFailure::Full) as u64;
+                    self.fault(FaultKind::SyncFailed, Some(node), full);
+                    self.feed(node, |now| Input::IoDone {
+                        now,
+                        io,
+                        result: IoResult::Failed(why.reason().into()),
+                    });
+                }
+            }
+            Ev::Chaos => self.chaos_step(),
+            Ev::SyncDone {
+                node,
+                inc,
+                io,
                 mark,
+                failed: None,
             } => {
                 let s = &mut self.slots[node];
                 if s.inc == inc && s.node.is_some() {
+                    let damaged = s.disk.stats.damaged;
                     s.disk.complete_sync(mark);
+                    let d = s.disk.stats.damaged - damaged;
+                    if d > 0 {
+                        self.fault(FaultKind::DiskDamage, Some(node), d);
+                    }
                     self.feed(node, |now| Input::IoDone {
                         now,
                         io,
@@ -476,7 +546,7 @@ impl World {
                     }
                     self.stop_node(node);
                     let d = if self.phase == Phase::Safety {
-                        self.nemesis.restart_delay_us()
+                        self.restart_delay_us(node)
                     } else {
                         0
                     };
@@ -491,7 +561,7 @@ impl World {
                     self.fault(FaultKind::ShutdownKilled, Some(node), 0);
                     self.stop_node(node);
                     let d = if self.phase == Phase::Safety {
-                        self.nemesis.restart_delay_us()
+                        self.restart_delay_us(node)
                     } else {
                         0
                     };
@@ -506,9 +576,21 @@ impl World {
                     self.fault(FaultKind::Heal, None, 0);
                 }
             }
+            Ev::Scripted { index } => self.scripted_fault(index),
+            Ev::Versions(ev) => self.versions_handle(ev),
             Ev::SafetyEnd => self.begin_liveness(),
             Ev::ConvergenceCheck => self.convergence_check(),
             Ev::FinalRead { key } => self.final_read(key),
+            Ev::LivenessDeadline if self.options.deep.unlimited => {
+                // Convergence assumes durability; with the atlas lifted only
+                // the safety oracles apply.
+                if matches!(self.phase, Phase::Liveness | Phase::FinalReads) {
+                    self.record(Record::Phase {
+                        name: "liveness-not-judged",
+                    });
+                    self.phase = Phase::Done;
+                }
+            }
             Ev::LivenessDeadline => {
                 if matches!(self.phase, Phase::Liveness | Phase::FinalReads) {
                     let gaps = self.convergence_gaps(8);
@@ -544,9 +626,11 @@ impl World {
             self.seeds.node_core(i as u32, s.inc),
         );
         cfg.quorum = self.quorum;
-        cfg.release = self.scenario.release_of(i as u32);
+        cfg.release = self.versions.release_of(i);
+        cfg.initial_cluster_version = Some(self.versions.initial_cluster_version());
         cfg.partitions = self.scenario.ring_partitions;
         cfg.vnodes = self.scenario.vnodes;
+        self.scenario.timing.apply(&mut cfg.timing);
         for b in &self.bugs {
             b.apply(&mut cfg.bugs);
         }
@@ -595,6 +679,13 @@ impl World {
         s.timer_at = None;
         s.timer_gen += 1;
         s.disk.crash();
+        let damaged = s.disk.stats.damaged;
+        s.disk.maybe_corrupt();
+        let d = s.disk.stats.damaged - damaged;
+        if d > 0 {
+            self.faults.disk_damage += 1;
+            self.fault(FaultKind::DiskDamage, Some(i), d);
+        }
     }
 
     fn feed(&mut self, i: usize, make: impl FnOnce(Time) -> Input) {
@@ -706,9 +797,16 @@ impl World {
                 };
                 self.send(i, j, bytes);
             }
-            Output::Write { key, value, .. } => self.slots[i].disk.write(key, value),
+            Output::Write { key, value, .. } => {
+                if value.is_none() && key.first() == Some(&b'h') {
+                    self.check_hint_removal(i, &key);
+                }
+                self.versions_on_write(i, &key, value.as_ref());
+                self.slots[i].disk.write(key, value)
+            }
             Output::Sync { io } => {
                 let (at, mark) = self.slots[i].disk.sync(self.now);
+                let failed = self.slots[i].disk.sync_fails(self.now);
                 let inc = self.slots[i].inc;
                 self.schedule(
                     at,
@@ -717,6 +815,7 @@ impl World {
                         inc,
                         io,
                         mark,
+                        failed,
                     },
                 );
             }
@@ -747,6 +846,7 @@ impl World {
     }
 
     fn on_event(&mut self, i: usize, e: Event) {
+        self.versions_on_event(i, &e);
         let node = i as u32 + 1;
         match e {
             Event::WriteIssued {
@@ -833,12 +933,14 @@ impl World {
                 });
             }
             Fate::Arrives { at, duplicate } => {
+                let to_inc = self.slots[to].inc;
                 if let Some(d) = duplicate {
                     self.schedule(
                         d,
                         Ev::Deliver {
                             from,
                             to,
+                            to_inc,
                             bytes: bytes.clone(),
                             duplicate: true,
                         },
@@ -849,6 +951,7 @@ impl World {
                     Ev::Deliver {
                         from,
                         to,
+                        to_inc,
                         bytes,
                         duplicate: false,
                     },
@@ -857,12 +960,12 @@ impl World {
         }
     }
 
-    fn deliver(&mut self, from: usize, to: usize, bytes: Bytes, duplicate: bool) {
+    fn deliver(&mut self, from: usize, to: usize, to_inc: u32, bytes: Bytes, duplicate: bool) {
         let msg_type = message_type(&bytes);
         let len = bytes.len() as u32;
         let reason = match self.net.arrive(from, to) {
             Err(r) => Some(r),
-            Ok(()) if self.slots[to].node.is_none() => {
+            Ok(()) if self.slots[to].node.is_none() || self.slots[to].inc != to_inc => {
                 self.net.stats.count_drop(DropReason::NodeDown);
                 Some(DropReason::NodeDown)
             }
@@ -938,16 +1041,24 @@ impl World {
                     self.after(RETRY_US, Ev::ClientWake { client: c });
                     return;
                 }
-                let node = self.workload.pick(&candidates);
+                let node = match self.scripted_then_node(c, &candidates) {
+                    Some(n) => n,
+                    None => self.workload.pick(&candidates),
+                };
+                self.note_then_node(c, node);
                 self.send_write(c, node, cont);
             }
             ClientState::Idle => {
+                if self.script.is_scripted() {
+                    return self.scripted_wake(c, &candidates);
+                }
                 if candidates.is_empty() {
                     self.after(RETRY_US, Ev::ClientWake { client: c });
                     return;
                 }
                 let node = self.workload.pick(&candidates);
                 let (plan, key) = self.workload.pick_plan();
+                self.note_op(c, plan, key, node);
                 match plan {
                     Plan::BlindPut => self.send_write(
                         c,
@@ -969,7 +1080,13 @@ impl World {
 
     fn send_get(&mut self, client: Option<u32>, node: usize, key: u32, then: Then) {
         let id = self.workload.next_request();
-        let acked_before = self.history.frontier(key).to_vec();
+        // With the fault atlas lifted an acknowledged write may be gone:
+        // lost-ack and stale-read do not apply.
+        let acked_before = if self.options.deep.unlimited {
+            Vec::new()
+        } else {
+            self.history.frontier(key).to_vec()
+        };
         let request = Request::Get {
             key: self.workload.keys[key as usize].clone(),
         };
@@ -1055,7 +1172,11 @@ impl World {
     fn client_next(&mut self, c: u32) {
         if self.phase == Phase::Safety {
             self.workload.clients[c as usize] = ClientState::Idle;
-            let d = self.workload.think_us();
+            let d = if self.script.is_scripted() {
+                0
+            } else {
+                self.workload.think_us()
+            };
             self.after(d, Ev::ClientWake { client: c });
         } else {
             self.workload.clients[c as usize] = ClientState::Stopped;
@@ -1080,6 +1201,9 @@ impl World {
     }
 
     fn on_reply(&mut self, i: usize, id: RequestId, response: Response) {
+        if self.versions_on_reply(i, id, &response) {
+            return;
+        }
         let Some(f) = self.workload.inflight.remove(&id) else {
             self.workload.stats.late_replies += 1;
             return;
@@ -1212,18 +1336,22 @@ impl World {
         let w = self.history.write(write);
         let user_key = self.history.key_name(w.key);
         let partition = self.ring.partition_of(user_key);
-        let holders: Vec<(NodeId, bool)> = self
-            .ring
-            .replicas_of(user_key)
-            .iter()
-            .map(|&r| {
-                let covers = self.index_of(r).is_some_and(|j| {
-                    let disk = &self.slots[j].disk;
-                    oracle::durable_covers(|k| disk.durable(k), partition, user_key, &w.dots)
-                });
-                (r, covers)
+        let covers = |r: NodeId| {
+            self.index_of(r).is_some_and(|j| {
+                let disk = &self.slots[j].disk;
+                oracle::durable_covers(|k| disk.made_durable(k), partition, user_key, &w.dots)
             })
-            .collect();
+        };
+        let replicas = self.ring.replicas_of(user_key);
+        // Fast path: stop at the W-th durable copy (the verdict is the same;
+        // the full list is only needed to describe a failure).
+        let needed = self.quorum.w as usize;
+        if !w.dots.is_empty()
+            && replicas.iter().filter(|&&r| covers(r)).take(needed).count() >= needed
+        {
+            return Ok(());
+        }
+        let holders: Vec<(NodeId, bool)> = replicas.iter().map(|&r| (r, covers(r))).collect();
         oracle::check_ack_durable(&self.history, write, &holders, self.quorum.w, what)
     }
 
@@ -1269,13 +1397,14 @@ impl World {
     }
 
     fn apply_action(&mut self, action: Action) {
+        self.note_action(&action);
         match action {
             Action::Crash(i) => {
                 self.faults.crashes += 1;
                 let pending = self.slots[i].disk.pending_len() as u64;
                 self.fault(FaultKind::Crash, Some(i), pending);
                 self.stop_node(i);
-                let d = self.nemesis.downtime_us();
+                let d = self.pinned_downtime_us();
                 let inc = self.slots[i].inc;
                 self.after(d, Ev::Restart { node: i, inc });
             }
@@ -1311,7 +1440,7 @@ impl World {
             }
             Action::Clog(i) => {
                 self.faults.clogs += 1;
-                let (delay, len) = self.nemesis.clog_us();
+                let (delay, len) = self.pinned_clog_us();
                 let until = Time(self.now.as_micros() + len);
                 for j in 0..self.slots.len() {
                     self.net.clog(i, j, until, delay);
@@ -1335,9 +1464,131 @@ impl World {
     fn new_partition(&mut self) {
         self.partition_gen += 1;
         self.net.heal();
-        let d = self.nemesis.partition_us();
+        let d = self.pinned_partition_us();
         let gen = self.partition_gen;
         self.after(d, Ev::Heal { gen });
+    }
+
+    // ----- disk faults and clock steps (see crate::atlas) ----------------
+
+    fn chaos_step(&mut self) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        match self.atlas.chaos() {
+            Some(Chaos::DiskFull { node, for_us }) => {
+                self.faults.disk_full += 1;
+                let until = Time(self.now.as_micros() + for_us);
+                self.slots[node].disk.fill_up(until);
+                self.fault(FaultKind::DiskFull, Some(node), for_us);
+            }
+            Some(Chaos::ClockStep { node, by_us }) => {
+                self.faults.clock_steps += 1;
+                let now = self.now;
+                self.slots[node].clock.step(by_us, now);
+                self.fault(FaultKind::ClockStep, Some(node), by_us as u64);
+                // The node's next deadline moved in simulated time.
+                if self.slots[node].node.is_some() {
+                    self.slots[node].timer_at = None;
+                    self.slots[node].timer_gen += 1;
+                    let inc = self.slots[node].inc;
+                    let gen = self.slots[node].timer_gen;
+                    self.schedule(now, Ev::Timer { node, inc, gen });
+                }
+            }
+            None => {}
+        }
+        let d = self.atlas.tick_us();
+        self.after(d, Ev::Chaos);
+    }
+
+    /// At the end of the safety phase, maybe crash a fault-prone node with
+    /// every data record damaged: only anti-entropy can repair it.
+    fn final_wipe(&mut self) {
+        let up = self.up_nodes();
+        let Some(i) = self.atlas.final_wipe(&up) else {
+            return;
+        };
+        self.faults.wipes += 1;
+        self.faults.crashes += 1;
+        let pending = self.slots[i].disk.pending_len() as u64;
+        self.fault(FaultKind::Crash, Some(i), pending);
+        self.stop_node(i);
+        let d = self.slots[i].disk.wipe();
+        self.fault(FaultKind::DiskDamage, Some(i), d);
+    }
+
+    /// The `hint-durable` oracle: node `i` deletes a hint record; the
+    /// hint's target must already hold durably every sibling of the hint's
+    /// last stored state.
+    fn check_hint_removal(&mut self, i: usize, record_key: &Bytes) {
+        use cairn_core::storage::{data_key, decode_record, key_schema, Record as Stored};
+        let Some(node) = self.slots[i].node.as_ref() else {
+            return;
+        };
+        // Records of a namespace that is not live are migration left-overs.
+        if key_schema(record_key) != Some(node.schema()) {
+            return;
+        }
+        // A hint destroyed by a disk fault (the node drops what it cannot
+        // decode) is a loss the fault atlas allows, not a removal.
+        if self.slots[i].disk.is_damaged(record_key) {
+            return;
+        }
+        let Some(last) = self.slots[i].disk.latest(record_key) else {
+            return;
+        };
+        let Ok(Stored::Hint {
+            target, key, state, ..
+        }) = decode_record(record_key, last)
+        else {
+            return;
+        };
+        let Some(j) = self.index_of(target) else {
+            return;
+        };
+        let disk = &self.slots[j].disk;
+        let meta = disk
+            .made_durable(cairn_core::storage::META_KEY)
+            .and_then(|m| decode_record(cairn_core::storage::META_KEY, m).ok());
+        let held = match meta {
+            Some(Stored::Meta(m)) => {
+                let dk = data_key(m.schema, self.ring.partition_of(&key), &key);
+                match disk.made_durable(&dk).map(|v| decode_record(&dk, v)) {
+                    Some(Ok(Stored::Data { state: t, .. })) => Some(t),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let ok = match &held {
+            Some(t) => state.siblings().iter().all(|s| t.context().covers(s.dot)),
+            // A tombstone may have been reaped since the target took it.
+            None => state.siblings().iter().all(|s| s.is_tombstone()),
+        };
+        self.record(Record::Check {
+            oracle: "hint-durable",
+            key: 0,
+            request: 0,
+            ok,
+        });
+        if !ok {
+            let missing: Vec<String> = state
+                .siblings()
+                .iter()
+                .filter(|s| !held.as_ref().is_some_and(|t| t.context().covers(s.dot)))
+                .map(|s| s.dot.to_string())
+                .collect();
+            self.violation(Violation::new(
+                "hint-durable",
+                format!(
+                    "n{} removed its hint for {target} of key {:?} while {target} did not hold it durably (missing dots {})",
+                    i + 1,
+                    String::from_utf8_lossy(&key),
+                    missing.join(",")
+                ),
+            ));
+        }
     }
 
     // ----- liveness -------------------------------------------------------
@@ -1354,7 +1605,9 @@ impl World {
         self.net.unclog_all();
         self.net.calm();
         self.fault(FaultKind::Heal, None, 1);
+        self.final_wipe();
         for i in 0..self.slots.len() {
+            self.slots[i].disk.free_space();
             if self.slots[i].state == NodeState::Down {
                 self.start_node(i);
             }
@@ -1386,6 +1639,7 @@ impl World {
                 (None, st) => gaps.push(format!("{} is {st:?}", s.id)),
             }
         }
+        gaps.extend(self.versions_gap());
         if !gaps.is_empty() {
             return gaps;
         }
@@ -1498,10 +1752,13 @@ impl World {
                 .map(|s| s.siblings().to_vec())
                 .unwrap_or_default();
             let what = format!("the converged state of {first}");
-            let verdict = self
-                .history
-                .resolve(k, &siblings, &what)
-                .and_then(|ws| oracle::check_final_state(&self.history, k, &ws));
+            let verdict = self.history.resolve(k, &siblings, &what).and_then(|ws| {
+                if self.options.deep.unlimited {
+                    oracle::check_read(&self.history, k, &ws, &[], "the converged state")
+                } else {
+                    oracle::check_final_state(&self.history, k, &ws)
+                }
+            });
             self.record(Record::Check {
                 oracle: "converged-state",
                 key: k,
@@ -1511,6 +1768,9 @@ impl World {
             if let Err(v) = verdict {
                 return self.violation(v);
             }
+        }
+        if let Err(v) = self.versions_final_check() {
+            return self.violation(v);
         }
         self.phase = Phase::FinalReads;
         self.record(Record::Phase {
@@ -1548,6 +1808,8 @@ impl World {
             disk.lost_writes += s.disk.stats.lost_writes;
             disk.lucky_writes += s.disk.stats.lucky_writes;
             disk.backups += s.disk.stats.backups;
+            disk.failed_syncs += s.disk.stats.failed_syncs;
+            disk.damaged += s.disk.stats.damaged;
         }
         Stats {
             sim_end: self.now,
@@ -1565,6 +1827,7 @@ impl World {
             disk,
             events: self.events,
             trace_records: self.trace.records(),
+            versions: self.versions.stats,
         }
     }
 

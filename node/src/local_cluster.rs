@@ -33,7 +33,17 @@ pub struct LocalCluster {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; good enough for local use).
+///
+/// Chosen below the kernel's ephemeral range (32768 and up on Linux), so an
+/// outgoing connection of an already running node cannot take it before the
+/// node meant to listen on it binds.
 pub fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..500 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

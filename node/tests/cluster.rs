@@ -860,6 +860,13 @@ fn backup_then_restore_rejoins_and_resyncs() {
         n.is_some() && n == key_count(&h, 0) && n == key_count(&h, 2)
     });
     assert_eq!(key_count(&h, 1), Some(40));
+    // Until anti-entropy has found every replica equal, the restored node
+    // answers no reads (it may lack writes it acknowledged).
+    wait_for(
+        "node 2 to serve reads again",
+        Duration::from_secs(30),
+        || h.client(1).get("after-0").is_ok(),
+    );
     for i in 0..20 {
         assert_eq!(
             h.client(1).get(&format!("after-{i}")).unwrap().values,

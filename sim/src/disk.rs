@@ -248,7 +248,22 @@ impl Disk {
 
     /// Replaces the durable image (an operator restoring a backup onto a
     /// stopped node); unsynced writes are dropped.
+    ///
+    /// What the node had made durable before stays visible to the oracles
+    /// (through [`Disk::made_durable`]), as for records the simulator
+    /// destroys: a replica that acknowledged a write did make it durable,
+    /// even if an operator later rolls its disk back.
     pub fn replace_durable(&mut self, image: BTreeMap<Bytes, Bytes>) {
+        let changed: Vec<Bytes> = self
+            .durable
+            .keys()
+            .chain(image.keys())
+            .filter(|k| self.durable.get(*k) != image.get(*k))
+            .cloned()
+            .collect();
+        for k in &changed {
+            self.remember_current(k);
+        }
         self.durable = image;
         self.pending.clear();
         self.retired = self.issued;

@@ -434,6 +434,19 @@ impl World {
         (outcome, at)
     }
 
+    /// Stops a node and schedules its restart: after a drawn delay during
+    /// the safety phase, at once during the liveness phase.
+    fn stop_and_restart_later(&mut self, node: usize) {
+        self.stop_node(node);
+        let d = if self.phase == Phase::Safety {
+            self.restart_delay_us(node)
+        } else {
+            0
+        };
+        let inc = self.slots[node].inc;
+        self.after(d, Ev::Restart { node, inc });
+    }
+
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Deliver {
@@ -544,14 +557,7 @@ impl World {
                     } else {
                         self.fault(FaultKind::ShutdownComplete, Some(node), 0);
                     }
-                    self.stop_node(node);
-                    let d = if self.phase == Phase::Safety {
-                        self.restart_delay_us(node)
-                    } else {
-                        0
-                    };
-                    let inc = self.slots[node].inc;
-                    self.after(d, Ev::Restart { node, inc });
+                    self.stop_and_restart_later(node);
                 }
             }
             Ev::ShutdownDeadline { node, inc } => {
@@ -559,14 +565,7 @@ impl World {
                 if s.inc == inc && s.state == NodeState::ShuttingDown {
                     self.faults.shutdown_kills += 1;
                     self.fault(FaultKind::ShutdownKilled, Some(node), 0);
-                    self.stop_node(node);
-                    let d = if self.phase == Phase::Safety {
-                        self.restart_delay_us(node)
-                    } else {
-                        0
-                    };
-                    let inc = self.slots[node].inc;
-                    self.after(d, Ev::Restart { node, inc });
+                    self.stop_and_restart_later(node);
                 }
             }
             Ev::Heal { gen } => {

@@ -207,6 +207,14 @@ impl KeyState {
     /// Merges another replica's state into this one. Returns true when this
     /// state changed.
     pub fn merge(&mut self, other: &KeyState) -> bool {
+        if self.siblings.is_empty() && self.context.is_empty() {
+            // Nothing here yet (a key new to this replica): the merge is `other`.
+            if other.siblings.is_empty() && other.context.is_empty() {
+                return false;
+            }
+            self.clone_from(other);
+            return true;
+        }
         if other == self {
             return false;
         }
@@ -239,11 +247,12 @@ impl KeyState {
                 }
             }
         }
-        let mut context = self.context.clone();
-        context.merge(&other.context);
-        let changed = out != self.siblings || context != self.context;
+        let context_grows = !self.context.dominates(&other.context);
+        if context_grows {
+            self.context.merge(&other.context);
+        }
+        let changed = context_grows || out != self.siblings;
         self.siblings = out;
-        self.context = context;
         changed
     }
 
@@ -258,10 +267,10 @@ impl KeyState {
 
     /// A stable digest of the whole state, for Merkle trees and comparisons.
     pub fn digest(&self) -> u64 {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut h = DigestBuf::new();
         h.update(&(self.siblings.len() as u64).to_le_bytes());
         for s in &self.siblings {
-            hash_dot(&mut h, s.dot);
+            h.dot(s.dot);
             match &s.value {
                 Some(v) => {
                     h.update(&[1]);
@@ -273,15 +282,12 @@ impl KeyState {
         }
         h.update(&(self.context.entries.len() as u64).to_le_bytes());
         for &(a, c) in &self.context.entries {
-            hash_dot(
-                &mut h,
-                Dot {
-                    actor: a,
-                    counter: c,
-                },
-            );
+            h.dot(Dot {
+                actor: a,
+                counter: c,
+            });
         }
-        h.digest()
+        h.finish()
     }
 
     /// Checks the representation invariants: siblings sorted with unique dots,
@@ -310,10 +316,52 @@ impl KeyState {
     }
 }
 
-fn hash_dot(h: &mut xxhash_rust::xxh3::Xxh3, d: Dot) {
-    h.update(&d.actor.node.0.to_le_bytes());
-    h.update(&d.actor.epoch.to_le_bytes());
-    h.update(&d.counter.to_le_bytes());
+/// Feeds XXH3 through a stack buffer: small states (nearly all) hash in one
+/// shot, larger ones stream. Both give the same digest for the same bytes.
+struct DigestBuf {
+    buf: [u8; 512],
+    len: usize,
+    stream: Option<xxhash_rust::xxh3::Xxh3>,
+}
+
+impl DigestBuf {
+    fn new() -> Self {
+        DigestBuf {
+            buf: [0; 512],
+            len: 0,
+            stream: None,
+        }
+    }
+
+    #[inline]
+    fn update(&mut self, data: &[u8]) {
+        if self.len + data.len() <= self.buf.len() {
+            self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+            self.len += data.len();
+            return;
+        }
+        let stream = self.stream.get_or_insert_with(xxhash_rust::xxh3::Xxh3::new);
+        stream.update(&self.buf[..self.len]);
+        self.len = 0;
+        stream.update(data);
+    }
+
+    #[inline]
+    fn dot(&mut self, d: Dot) {
+        self.update(&d.actor.node.0.to_le_bytes());
+        self.update(&d.actor.epoch.to_le_bytes());
+        self.update(&d.counter.to_le_bytes());
+    }
+
+    fn finish(self) -> u64 {
+        match self.stream {
+            None => xxhash_rust::xxh3::xxh3_64(&self.buf[..self.len]),
+            Some(mut s) => {
+                s.update(&self.buf[..self.len]);
+                s.digest()
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -387,5 +435,36 @@ mod tests {
         b.apply_write(&VersionVector::new(), dot(1, 1), val("b"));
         assert_ne!(a.digest(), b.digest());
         assert_eq!(a.digest(), a.clone().digest());
+    }
+
+    #[test]
+    fn digest_is_the_same_buffered_or_streamed() {
+        // States small enough for the stack buffer and larger ones must hash
+        // exactly like feeding XXH3 piece by piece.
+        for len in [0usize, 10, 400, 600, 5000] {
+            let mut s = KeyState::new();
+            s.apply_write(
+                &VersionVector::new(),
+                Dot {
+                    actor: actor(1),
+                    counter: 1,
+                },
+                Some(Bytes::from(vec![7u8; len])),
+            );
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&1u64.to_le_bytes());
+            let d = s.siblings[0].dot;
+            h.update(&d.actor.node.0.to_le_bytes());
+            h.update(&d.actor.epoch.to_le_bytes());
+            h.update(&d.counter.to_le_bytes());
+            h.update(&[1]);
+            h.update(&(len as u64).to_le_bytes());
+            h.update(&vec![7u8; len]);
+            h.update(&1u64.to_le_bytes());
+            h.update(&d.actor.node.0.to_le_bytes());
+            h.update(&d.actor.epoch.to_le_bytes());
+            h.update(&d.counter.to_le_bytes());
+            assert_eq!(s.digest(), h.digest(), "value of {len} bytes");
+        }
     }
 }

@@ -178,32 +178,47 @@ pub fn restored_marker() -> Bytes {
 /// `record_key`. The checksum covers the record key too, so a valid record
 /// written under the wrong key (a misdirected write) is caught at load.
 pub fn encode_state(schema: u16, record_key: &[u8], state: &KeyState) -> Bytes {
-    let body = postcard::to_allocvec(state).expect("in-memory serialisation cannot fail");
+    let size = postcard::experimental::serialized_size(state).unwrap_or(0);
     if schema <= 1 {
-        let mut out = Vec::with_capacity(6 + body.len());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(
-            &crc32c::crc32c_append(crc32c::crc32c(record_key), &body).to_le_bytes(),
-        );
-        out.extend_from_slice(&body);
+        // schema u16 | crc u32 | body
+        let out = Vec::with_capacity(6 + size);
+        let mut out = crate::wire::postcard_append(state, framed_header(out, 1));
+        let crc = crc32c::crc32c_append(crc32c::crc32c(record_key), &out[6..]);
+        out[2..6].copy_from_slice(&crc.to_le_bytes());
         return Bytes::from(out);
     }
-    let (codec, payload) = if body.len() > COMPRESS_OVER {
+    // schema u16 | crc u32 | codec u8 | payload
+    let mut out = if size > COMPRESS_OVER {
+        let body = postcard::to_allocvec(state).expect("in-memory serialisation cannot fail");
         match zstd::bulk::compress(&body, 3) {
-            Ok(c) if c.len() < body.len() => (1u8, c),
-            _ => (0u8, body),
+            Ok(c) if c.len() < body.len() => {
+                let mut out = framed_header(Vec::with_capacity(7 + c.len()), schema);
+                out.push(1);
+                out.extend_from_slice(&c);
+                out
+            }
+            _ => {
+                let mut out = framed_header(Vec::with_capacity(7 + body.len()), schema);
+                out.push(0);
+                out.extend_from_slice(&body);
+                out
+            }
         }
     } else {
-        (0u8, body)
+        let mut out = framed_header(Vec::with_capacity(7 + size), schema);
+        out.push(0);
+        crate::wire::postcard_append(state, out)
     };
-    let mut rest = Vec::with_capacity(1 + payload.len());
-    rest.push(codec);
-    rest.extend_from_slice(&payload);
-    let mut out = Vec::with_capacity(6 + rest.len());
-    out.extend_from_slice(&schema.to_le_bytes());
-    out.extend_from_slice(&checksum_v2(record_key, schema, &rest).to_le_bytes());
-    out.extend_from_slice(&rest);
+    let crc = checksum_v2(record_key, schema, &out[6..]);
+    out[2..6].copy_from_slice(&crc.to_le_bytes());
     Bytes::from(out)
+}
+
+/// Starts a record: the schema and room for the checksum.
+fn framed_header(mut out: Vec<u8>, schema: u16) -> Vec<u8> {
+    out.extend_from_slice(&schema.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out
 }
 
 /// Schemas 2 and up checksum the schema field too, so a damaged schema field

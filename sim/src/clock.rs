@@ -17,6 +17,9 @@ pub struct Clock {
     drift_ppm: i64,
     offset_us: i64,
     last: Time,
+    /// The last deadline translated by [`Clock::to_sim`] and its answer:
+    /// nodes re-ask for the same deadline after most events.
+    translated: std::cell::Cell<Option<(Time, Time)>>,
 }
 
 impl Clock {
@@ -29,6 +32,7 @@ impl Clock {
             drift_ppm,
             offset_us: offset_us as i64,
             last: Time::ZERO,
+            translated: std::cell::Cell::new(None),
         }
     }
 
@@ -47,6 +51,7 @@ impl Clock {
     /// Steps the clock by `by_us` (either way) at simulated time `now`.
     pub fn step(&mut self, by_us: i64, now: Time) {
         self.offset_us += by_us;
+        self.translated.set(None);
         self.last = Time(self.raw(now).max(0) as u64);
     }
 
@@ -63,6 +68,21 @@ impl Clock {
         if local == Time::MAX {
             return None;
         }
+        // The earliest time reaching `local` was still in the future when
+        // last asked: it is the answer again (the clock has not stepped).
+        if let Some((l, at)) = self.translated.get() {
+            if l == local && at > now {
+                return Some(at);
+            }
+        }
+        let at = self.translate(local, now);
+        if let Some(at) = at {
+            self.translated.set(Some((local, at)));
+        }
+        at
+    }
+
+    fn translate(&self, local: Time, now: Time) -> Option<Time> {
         let target = local.as_micros() as i128;
         if self.raw(now) >= target {
             return Some(now);
@@ -96,6 +116,28 @@ mod tests {
         assert_eq!(fast.local(Time(1_000_000)), Time(1_005_100));
         let mut slow = Clock::new(-100, 0);
         assert_eq!(slow.local(Time(1_000_000)), Time(999_900));
+    }
+
+    #[test]
+    fn repeated_deadlines_answer_like_a_fresh_translation() {
+        // The cache of the last translation must never change an answer:
+        // not as time advances towards and past the deadline, nor after a step.
+        for drift in [-150i64, 0, 200] {
+            let mut c = Clock::new(drift, 5_000);
+            let deadline = Time(2_000_000);
+            let mut now = Time(0);
+            while now < Time(3_000_000) {
+                assert_eq!(
+                    c.to_sim(deadline, now),
+                    c.translate(deadline, now),
+                    "at {now}"
+                );
+                if now == Time(1_000_000) {
+                    c.step(-300_000, now);
+                }
+                now = Time(now.as_micros() + 97_531);
+            }
+        }
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl History {
         &self,
         key: u32,
         siblings: &[Sibling],
-        what: &str,
+        what: &(impl std::fmt::Display + ?Sized),
     ) -> Result<Vec<WriteId>, Violation> {
         let mut out = Vec::with_capacity(siblings.len());
         for s in siblings {

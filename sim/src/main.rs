@@ -11,6 +11,9 @@
 //! A sweep exits with the most severe code among its seeds, ranked
 //! 1 > 3 > 2 > 4.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

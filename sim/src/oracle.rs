@@ -87,7 +87,7 @@ pub fn check_read(
     key: u32,
     siblings: &[WriteId],
     acked_before: &[WriteId],
-    what: &str,
+    what: &(impl std::fmt::Display + ?Sized),
 ) -> Result<(), Violation> {
     let k = h.key_label(key);
     // (a) antichain.
@@ -158,13 +158,28 @@ pub fn durable_covers<'a>(
     user_key: &[u8],
     dots: &[Dot],
 ) -> bool {
-    let Some(meta) = durable(META_KEY) else {
-        return false;
-    };
-    let Ok(Record::Meta(meta)) = decode_record(META_KEY, meta) else {
-        return false;
-    };
-    let key = data_key(meta.schema, partition, user_key);
+    durable(META_KEY)
+        .and_then(|m| durable_schema(m))
+        .is_some_and(|schema| durable_covers_in(durable, schema, partition, user_key, dots))
+}
+
+/// The live schema named by a durable metadata record.
+pub fn durable_schema(meta: &[u8]) -> Option<u16> {
+    match decode_record(META_KEY, meta) {
+        Ok(Record::Meta(meta)) => Some(meta.schema),
+        _ => None,
+    }
+}
+
+/// [`durable_covers`] with the live schema already known.
+pub fn durable_covers_in<'a>(
+    durable: impl Fn(&[u8]) -> Option<&'a Bytes>,
+    schema: u16,
+    partition: u16,
+    user_key: &[u8],
+    dots: &[Dot],
+) -> bool {
+    let key = data_key(schema, partition, user_key);
     let Some(v) = durable(&key) else {
         return false;
     };
@@ -183,7 +198,7 @@ pub fn check_ack_durable(
     write: WriteId,
     holders: &[(NodeId, bool)],
     w: u8,
-    what: &str,
+    what: &(impl std::fmt::Display + ?Sized),
 ) -> Result<(), Violation> {
     let x = h.write(write);
     if x.dots.is_empty() {

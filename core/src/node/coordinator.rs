@@ -521,18 +521,19 @@ impl Node {
         self.put_local(&key, Some(state.clone()));
         let replicas: Vec<NodeId> = self.ring.replicas_of(&key).to_vec();
         let req = self.fresh_req();
-        for &r in &replicas {
-            if r != self.cfg.id {
-                self.send(
-                    r,
-                    Message::ReplicaPut(wire::ReplicaPut {
-                        req,
-                        key: key.clone(),
-                        state: state.clone(),
-                    }),
-                );
-            }
-        }
+        let others: Vec<NodeId> = replicas
+            .iter()
+            .copied()
+            .filter(|&r| r != self.cfg.id)
+            .collect();
+        self.send_each(
+            &others,
+            Message::ReplicaPut(wire::ReplicaPut {
+                req,
+                key: key.clone(),
+                state: state.clone(),
+            }),
+        );
         let op = PutOp {
             client,
             key,

@@ -608,13 +608,21 @@ impl Node {
             self.metrics.undecodable += 1;
             return false;
         }
-        let mut state = self.store.get(key).cloned().unwrap_or_default();
-        if state.merge(incoming) {
-            self.put_local(key, Some(state));
-            true
-        } else {
-            false
+        let schema = self.schema;
+        let partition = self.ring.partition_of(key);
+        if !self.store.merge(&self.ring, key, incoming, self.now) {
+            return false;
         }
+        let record_key = storage::data_key(schema, partition, key);
+        let bytes = self
+            .store
+            .get(key)
+            .map(|state| storage::encode_state(schema, &record_key, state));
+        // Every actor of the merged state is in the old state (noted when it
+        // was stored or loaded) or in `incoming`.
+        self.note_epochs(incoming);
+        self.write_record(record_key, bytes);
+        true
     }
 
     /// Runs `d` once every write issued so far is durable.

@@ -76,6 +76,37 @@ impl Store {
         }
     }
 
+    /// Merges `incoming` into a key's state in place (no copy of the stored
+    /// state); returns true when the state changed. A merge that leaves no
+    /// sibling (only possible from malformed histories) removes the key.
+    pub fn merge(&mut self, ring: &Ring, key: &Bytes, incoming: &KeyState, now: Time) -> bool {
+        let Some(entry) = self.keys.get_mut(key) else {
+            let mut state = KeyState::new();
+            if !state.merge(incoming) || state.is_empty() {
+                return false;
+            }
+            self.set(ring, key, Some(state), now);
+            return true;
+        };
+        if !entry.state.merge(incoming) {
+            return false;
+        }
+        if entry.state.is_empty() {
+            self.set(ring, key, None, now);
+            return true;
+        }
+        let digest = entry.state.digest();
+        let partition = entry.partition;
+        self.trees[partition as usize].update(key, Some(entry.digest), Some(digest));
+        entry.digest = digest;
+        if entry.state.is_tombstone_only() {
+            self.tombstones.insert(key.clone(), now);
+        } else {
+            self.tombstones.remove(key);
+        }
+        true
+    }
+
     /// Keys of a partition in the given Merkle buckets, with their digests.
     pub fn keys_in_buckets(
         &self,

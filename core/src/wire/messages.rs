@@ -226,8 +226,18 @@ macro_rules! messages {
             }
 
             pub fn encode_body(&self) -> Vec<u8> {
-                let r = match self { $( Message::$name(m) => postcard::to_allocvec(m), )* };
-                r.expect("in-memory serialisation cannot fail")
+                self.encode_body_into(Vec::with_capacity(self.body_size()))
+            }
+
+            /// Appends the body to `out` (reserve [`Self::body_size`] first).
+            pub fn encode_body_into(&self, out: Vec<u8>) -> Vec<u8> {
+                match self { $( Message::$name(m) => super::postcard_append(m, out), )* }
+            }
+
+            /// The body's exact encoded size.
+            pub fn body_size(&self) -> usize {
+                let r = match self { $( Message::$name(m) => postcard::experimental::serialized_size(m), )* };
+                r.unwrap_or(0)
             }
 
             /// Decodes a body of a known type; `Ok(None)` for an unknown type.

@@ -98,10 +98,51 @@ pub enum Decoded {
     },
 }
 
-/// Encodes a message at a protocol version.
+/// Encodes a message at a protocol version: one exactly sized allocation,
+/// the body serialised in place behind the header.
 pub fn encode(protocol: u16, message: &Message) -> Bytes {
-    let body = message.encode_body();
-    seal(protocol, message.msg_type(), &body)
+    let mut out = Vec::with_capacity(HEADER_LEN + message.body_size());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&protocol.to_le_bytes());
+    out.extend_from_slice(&message.msg_type().to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    let mut out = message.encode_body_into(out);
+    let body = &out[HEADER_LEN..];
+    let (len, crc) = (body.len() as u32, crc32c::crc32c(body));
+    out[8..12].copy_from_slice(&len.to_le_bytes());
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    Bytes::from(out)
+}
+
+/// A postcard flavor that appends to a `Vec` (one `extend_from_slice` per
+/// run of bytes, no per-byte iterator plumbing).
+pub(crate) struct AppendVec(pub Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendVec {
+    type Output = Vec<u8>;
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// Serialises `value` with postcard onto the end of `out` (callers reserve
+/// the room, see [`postcard::experimental::serialized_size`]).
+pub(crate) fn postcard_append<T: serde::Serialize + ?Sized>(value: &T, out: Vec<u8>) -> Vec<u8> {
+    postcard::serialize_with_flavor(value, AppendVec(out))
+        .expect("in-memory serialisation cannot fail")
 }
 
 /// Decodes an envelope received by a node that speaks `speaks`.

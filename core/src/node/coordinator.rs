@@ -427,7 +427,7 @@ impl Node {
             self.answer(client, response);
             if !complete {
                 // Keep listening a little longer, for read repair.
-                self.deadlines.retain(|&(_, o)| o != req);
+                self.cancel_deadline(req);
                 self.set_deadline(req, window_end);
             }
         }
@@ -441,7 +441,7 @@ impl Node {
         let Some(Op::Get(op)) = self.ops.remove(&req) else {
             return;
         };
-        self.deadlines.retain(|&(_, o)| o != req);
+        self.cancel_deadline(req);
         if !op.answered {
             let err = ClientError::Timeout {
                 acks: op.included() as u8,
@@ -590,7 +590,7 @@ impl Node {
         }
         if done {
             self.ops.remove(&req);
-            self.deadlines.retain(|&(_, o)| o != req);
+            self.cancel_deadline(req);
         }
     }
 
@@ -684,6 +684,7 @@ impl Node {
     pub(super) fn fail_all_ops(&mut self) {
         let ops = core::mem::take(&mut self.ops);
         self.deadlines.clear();
+        self.deadline_of.clear();
         for (_, op) in ops {
             let client = match op {
                 Op::Get(g) if !g.answered => Some(g.client),

@@ -136,6 +136,8 @@ pub struct Node {
     forwards_seen: VecDeque<(Time, (NodeId, u64))>,
     /// Next deadline of each op that has one.
     deadlines: BTreeSet<(Time, u64)>,
+    /// Each op's entry in `deadlines`, so cancelling one is a lookup.
+    deadline_of: BTreeMap<u64, Time>,
     hints: BTreeMap<(NodeId, Bytes), KeyState>,
     peers: BTreeMap<NodeId, Peer>,
     /// The schema of the live records.
@@ -205,6 +207,7 @@ impl Node {
             durability: Durability::default(),
             ops: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            deadline_of: BTreeMap::new(),
             hints: BTreeMap::new(),
             peers,
             schema: cfg.release.release().schema,
@@ -482,6 +485,7 @@ impl Node {
                 break;
             }
             self.deadlines.pop_first();
+            self.deadline_of.remove(&op);
             self.op_deadline(op);
         }
         if !self.talks_to_peers() {
@@ -678,6 +682,7 @@ impl Node {
         self.durability = Durability::default();
         self.ops.clear();
         self.deadlines.clear();
+        self.deadline_of.clear();
         self.emit(Event::Halted { reason });
     }
 
@@ -689,8 +694,18 @@ impl Node {
         r
     }
 
+    /// Sets (or moves) an op's deadline: one per op.
     fn set_deadline(&mut self, op: u64, at: Time) {
+        if let Some(old) = self.deadline_of.insert(op, at) {
+            self.deadlines.remove(&(old, op));
+        }
         self.deadlines.insert((at, op));
+    }
+
+    fn cancel_deadline(&mut self, op: u64) {
+        if let Some(at) = self.deadline_of.remove(&op) {
+            self.deadlines.remove(&(at, op));
+        }
     }
 
     /// `d` scaled by a random factor in [0.75, 1.25).

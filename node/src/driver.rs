@@ -3,11 +3,13 @@
 //! It turns real events (peer frames, HTTP requests, storage completions,
 //! the clock) into core inputs, and after every input drains
 //! [`Node::poll_output`] until `Output::Timeout`, carrying out each output:
-//! envelopes go to the peer transport, writes are buffered and handed to the
-//! storage task with the next sync, replies go back to the waiting HTTP
-//! handler, events are logged, and the timeout becomes the next deadline.
+//! envelopes go to the peer transport, the writes of each drain go to the
+//! storage thread at once (it makes them durable without waiting to be
+//! asked), a sync completes once the storage thread reports every write
+//! before it durable, replies go back to the waiting HTTP handler, events are
+//! logged, and the timeout becomes the next deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +26,7 @@ use cairn_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::peers::PeerSender;
-use crate::storage::{Job, WriteOp};
+use crate::storage::{Done, Job, StorageStats, WriteOp};
 
 /// What other tasks ask of the driver.
 pub enum DriverMsg {
@@ -168,8 +170,17 @@ pub struct Driver {
     origin: Instant,
     peers: PeerSender,
     storage: mpsc::UnboundedSender<Job>,
-    /// Writes since the last sync, handed to the storage task with it.
+    storage_stats: Arc<StorageStats>,
+    /// Writes of the current drain, not yet handed to the storage thread.
     pending_writes: Vec<WriteOp>,
+    /// Writes handed to the storage thread so far.
+    writes_sent: u64,
+    /// Writes the storage thread reported durable.
+    durable: u64,
+    /// Core syncs waiting for `durable` to reach the write count they cover.
+    syncs: VecDeque<(IoId, u64)>,
+    /// Set once storage failed: no sync completes after it.
+    storage_failed: Option<String>,
     /// Completions the driver answers itself, fed back after the drain.
     deferred_io: Vec<(IoId, IoResult)>,
     replies: HashMap<RequestId, oneshot::Sender<Response>>,
@@ -192,6 +203,7 @@ impl Driver {
         handle: &DriverHandle,
         peers: PeerSender,
         storage: mpsc::UnboundedSender<Job>,
+        storage_stats: Arc<StorageStats>,
     ) -> Driver {
         let origin = Instant::now();
         let node = Node::new(cfg, Time(TIME_BASE));
@@ -200,7 +212,12 @@ impl Driver {
             origin,
             peers,
             storage,
+            storage_stats,
             pending_writes: Vec::new(),
+            writes_sent: 0,
+            durable: 0,
+            syncs: VecDeque::new(),
+            storage_failed: None,
             deferred_io: Vec::new(),
             replies: HashMap::new(),
             next_request: 1,
@@ -224,7 +241,7 @@ impl Driver {
     pub async fn run(
         mut self,
         mut inbox: mpsc::Receiver<DriverMsg>,
-        mut io_done: mpsc::Receiver<(IoId, IoResult)>,
+        mut io_done: mpsc::UnboundedReceiver<Done>,
     ) -> DriverExit {
         self.drain();
         loop {
@@ -244,9 +261,8 @@ impl Driver {
             tokio::select! {
                 biased;
                 done = io_done.recv() => {
-                    let Some((io, result)) = done else { return DriverExit::Closed };
-                    let now = self.now();
-                    self.input(Input::IoDone { now, io, result });
+                    let Some(done) = done else { return DriverExit::Closed };
+                    self.storage_done(done);
                 }
                 msg = inbox.recv() => {
                     let Some(msg) = msg else { return DriverExit::Closed };
@@ -288,6 +304,54 @@ impl Driver {
         }
     }
 
+    fn storage_done(&mut self, done: Done) {
+        match done {
+            Done::Io(io, result) => {
+                let now = self.now();
+                self.input(Input::IoDone { now, io, result });
+            }
+            Done::Durable(upto) => {
+                self.durable = self.durable.max(upto);
+                while let Some(&(io, covers)) = self.syncs.front() {
+                    if covers > self.durable || self.storage_failed.is_some() {
+                        break;
+                    }
+                    self.syncs.pop_front();
+                    self.storage_stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    let now = self.now();
+                    self.input(Input::IoDone {
+                        now,
+                        io,
+                        result: IoResult::Synced,
+                    });
+                }
+            }
+            Done::Failed(reason) => {
+                if self.storage_failed.is_none() {
+                    self.storage_failed = Some(reason.clone());
+                }
+                while let Some((io, _)) = self.syncs.pop_front() {
+                    let now = self.now();
+                    let result = IoResult::Failed(reason.clone());
+                    self.input(Input::IoDone { now, io, result });
+                }
+            }
+        }
+    }
+
+    /// Hands the writes of this drain to the storage thread, numbered on.
+    fn send_writes(&mut self) {
+        if self.pending_writes.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.pending_writes);
+        self.writes_sent += writes.len() as u64;
+        let upto = self.writes_sent;
+        if self.storage.send(Job::Write { writes, upto }).is_err() {
+            self.halted = Some("storage task is gone".into());
+        }
+    }
+
     fn input(&mut self, input: Input) {
         self.node.handle_input(input);
         self.drain();
@@ -306,28 +370,39 @@ impl Driver {
             match self.node.poll_output() {
                 Output::Timeout(at) => {
                     self.deadline = at;
+                    self.send_writes();
                     break;
                 }
                 Output::Send { to, bytes } => self.peers.send(to, bytes),
                 Output::Write { key, value, .. } => self.pending_writes.push((key, value)),
                 Output::Sync { io } => {
-                    let writes = std::mem::take(&mut self.pending_writes);
-                    if self.storage.send(Job::Sync { io, writes }).is_err() {
-                        self.halted = Some("storage task is gone".into());
+                    // Covers every write issued before it.
+                    self.send_writes();
+                    if let Some(reason) = &self.storage_failed {
+                        self.deferred_io
+                            .push((io, IoResult::Failed(reason.clone())));
+                    } else if self.durable >= self.writes_sent {
+                        self.storage_stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        self.deferred_io.push((io, IoResult::Synced));
+                    } else {
+                        self.syncs.push_back((io, self.writes_sent));
                     }
                 }
                 Output::Read {
                     io,
                     request: ReadRequest::All,
                 } => {
+                    self.send_writes();
                     if self.storage.send(Job::ReadAll { io }).is_err() {
                         self.halted = Some("storage task is gone".into());
                     }
                 }
                 Output::Backup { io, info } => {
-                    // Queued behind every earlier sync: the snapshot holds
-                    // what is durable now and nothing issued later.
+                    // Queued behind every earlier write: the snapshot holds
+                    // every write issued before it (made durable first) and
+                    // nothing issued later.
                     tracing::info!(label = %info.label, reason = %info.reason, "taking a backup");
+                    self.send_writes();
                     if self.storage.send(Job::Backup { io, info }).is_err() {
                         self.halted = Some("storage task is gone".into());
                     }

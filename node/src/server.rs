@@ -86,7 +86,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
     );
     let storage_stats = Arc::new(StorageStats::default());
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    let (done_tx, done_rx) = mpsc::channel(4096);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let backup_policy = storage::BackupPolicy {
         node: cfg.id,
         dir: cfg.backups_dir(),
@@ -99,7 +99,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         storage_stats.clone(),
         backup_policy,
     ));
-    let driver = Driver::new(node_cfg, &handle, sender, jobs_tx);
+    let driver = Driver::new(node_cfg, &handle, sender, jobs_tx, storage_stats.clone());
     let mut driver_task = tokio::spawn(driver.run(inbox, done_rx));
 
     let metrics = Arc::new(NodeMetrics::new(

@@ -1,16 +1,22 @@
 //! Durable storage: fjall, driven on tokio's blocking pool with group commit.
 //!
 //! The core emits `Write`s (buffered, no completion of their own) and `Sync`s
-//! (complete once every earlier write is durable). The driver hands each sync
-//! the writes issued since the previous one; the storage task applies every
-//! sync that is waiting as one fjall batch followed by one
+//! (complete once every earlier write is durable). The driver streams the
+//! writes to the storage thread as they are issued, numbered in order, without
+//! waiting for a sync. The storage thread never idles while writes wait: it
+//! takes every write queued, applies them as one fjall batch followed by one
 //! `persist(PersistMode::SyncData)` (fdatasync of the journal), and only then
-//! reports each sync done. Jobs run strictly in order on one dedicated thread,
-//! so a sync never completes before an earlier one.
+//! reports how many writes are durable ([`Done::Durable`]). The driver
+//! completes a core sync once that count covers every write issued before it.
+//! So the journal is synced back to back under load, each fdatasync covering
+//! everything that arrived during the previous one (group commit), and a sync
+//! costs no extra round trip between the driver and the storage thread.
+//! Jobs run strictly in order on one dedicated thread. A failed commit or
+//! persist is final: every later batch is reported failed too, never durable.
 //!
-//! A backup is a job in the same queue: every sync before it is applied
-//! first, then a fjall snapshot is taken (later writes are not in it) and
-//! written out on another blocking thread while commits go on (see
+//! A backup is a job in the same queue: every write before it is applied and
+//! persisted first, then a fjall snapshot is taken (later writes are not in
+//! it) and written out on another blocking thread while commits go on (see
 //! [`crate::backup`] for the format).
 //!
 //! Keys and values are opaque bytes chosen by the core; checksums inside the
@@ -32,12 +38,24 @@ pub type WriteOp = (Bytes, Option<Bytes>);
 
 /// Work for the storage task.
 pub enum Job {
-    /// Apply `writes`, make them durable, then answer `io`.
-    Sync { io: IoId, writes: Vec<WriteOp> },
+    /// Apply `writes` and make them durable; `upto` numbers the last of them
+    /// (writes are counted from 1 over the life of the process).
+    Write { writes: Vec<WriteOp>, upto: u64 },
     /// Read every record.
     ReadAll { io: IoId },
     /// Copy every record applied so far to a new backup, then answer `io`.
     Backup { io: IoId, info: BackupInfo },
+}
+
+/// What the storage thread reports to the driver.
+#[derive(Debug, PartialEq)]
+pub enum Done {
+    /// Every write numbered up to this one is durable.
+    Durable(u64),
+    /// Writes could not be made durable. Final: nothing later is durable.
+    Failed(String),
+    /// A read or a backup finished.
+    Io(IoId, IoResult),
 }
 
 /// Where backups go and how many are kept.
@@ -55,7 +73,7 @@ pub struct StorageStats {
     pub batches: AtomicU64,
     /// Records written or deleted.
     pub records: AtomicU64,
-    /// Core syncs answered (several may share one batch).
+    /// Core syncs answered (several may share one batch; counted by the driver).
     pub syncs: AtomicU64,
     /// Total microseconds spent in batch commit plus persist.
     pub persist_micros: AtomicU64,
@@ -96,11 +114,11 @@ impl Storage {
     }
 
     /// Applies several groups of writes as one batch and persists it.
-    fn commit(&self, groups: &[&[WriteOp]]) -> Result<usize, fjall::Error> {
+    fn commit(&self, groups: &[Vec<WriteOp>]) -> Result<usize, fjall::Error> {
         let mut batch = self.db.batch();
         let mut n = 0;
         for group in groups {
-            for (k, v) in group.iter() {
+            for (k, v) in group {
                 match v {
                     Some(v) => batch.insert(&self.data, k.as_ref(), v.as_ref()),
                     None => batch.remove(&self.data, k.as_ref()),
@@ -147,11 +165,11 @@ impl Storage {
 }
 
 /// Runs storage jobs in order until the job channel closes. Every answer goes
-/// to `done` as `(io, result)`.
+/// to `done`.
 pub async fn run(
     storage: Storage,
     jobs: mpsc::UnboundedReceiver<Job>,
-    done: mpsc::Sender<(IoId, IoResult)>,
+    done: mpsc::UnboundedSender<Done>,
     stats: Arc<StorageStats>,
     backups: BackupPolicy,
 ) {
@@ -175,22 +193,24 @@ pub async fn run(
 fn storage_loop(
     storage: Storage,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    done: mpsc::Sender<(IoId, IoResult)>,
+    done: mpsc::UnboundedSender<Done>,
     stats: Arc<StorageStats>,
     backups: BackupPolicy,
 ) {
-    // Bounds how many syncs share one batch, so one huge group cannot starve
-    // the answers of the others.
-    const MAX_GROUP: usize = 1024;
+    // Bounds how many jobs share one batch, so one huge group cannot hold
+    // back the answers of the others.
+    const MAX_GROUP: usize = 4096;
+    let mut failed: Option<String> = None;
+    let mut group = Vec::new();
     while let Some(first) = jobs.blocking_recv() {
-        let mut group = vec![first];
+        group.push(first);
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
                 Ok(j) => group.push(j),
                 Err(_) => break,
             }
         }
-        let (answers, exports) = execute(&storage, group, &stats);
+        let (answers, exports) = execute(&storage, &mut group, &stats, &mut failed);
         for export in exports {
             let (tx, policy) = (done.clone(), backups.clone());
             let st = storage.clone();
@@ -199,15 +219,15 @@ fn storage_loop(
                 .name("cairn-backup".into())
                 .spawn(move || {
                     let result = st.export(export, &policy);
-                    let _ = tx.blocking_send((io, result));
+                    let _ = tx.send(Done::Io(io, result));
                 });
             if let Err(e) = spawned {
                 let why = format!("cannot start a backup thread: {e}");
-                let _ = done.blocking_send((io, IoResult::Failed(why)));
+                let _ = done.send(Done::Io(io, IoResult::Failed(why)));
             }
         }
         for a in answers {
-            if done.blocking_send(a).is_err() {
+            if done.send(a).is_err() {
                 return;
             }
         }
@@ -251,57 +271,39 @@ impl Storage {
     }
 }
 
-/// Executes a group of jobs in order: runs of syncs become one batch.
+/// Executes a group of jobs in order: runs of writes become one batch and
+/// one persist. Once a commit or persist fails, `failed` holds why and no
+/// later write is applied or reported durable.
 fn execute(
     storage: &Storage,
-    group: Vec<Job>,
+    group: &mut Vec<Job>,
     stats: &StorageStats,
-) -> (Vec<(IoId, IoResult)>, Vec<Export>) {
+    failed: &mut Option<String>,
+) -> (Vec<Done>, Vec<Export>) {
     let mut exports = Vec::new();
-    let mut answers = Vec::with_capacity(group.len());
-    let mut pending: Vec<(IoId, Vec<WriteOp>)> = Vec::new();
-    let flush = |pending: &mut Vec<(IoId, Vec<WriteOp>)>, answers: &mut Vec<(IoId, IoResult)>| {
-        if pending.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        let groups: Vec<&[WriteOp]> = pending.iter().map(|(_, w)| w.as_slice()).collect();
-        let result = storage.commit(&groups);
-        stats
-            .persist_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match result {
-            Ok(n) => {
-                stats.batches.fetch_add(1, Ordering::Relaxed);
-                stats.records.fetch_add(n as u64, Ordering::Relaxed);
-                stats
-                    .syncs
-                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                answers.extend(pending.drain(..).map(|(io, _)| (io, IoResult::Synced)));
-            }
-            Err(e) => {
-                let reason = format!("fjall commit or persist failed: {e}");
-                answers.extend(
-                    pending
-                        .drain(..)
-                        .map(|(io, _)| (io, IoResult::Failed(reason.clone()))),
-                );
-            }
-        }
-    };
-    for job in group {
+    let mut answers = Vec::new();
+    let mut pending: Vec<Vec<WriteOp>> = Vec::new();
+    let mut upto = 0;
+    for job in group.drain(..) {
         match job {
-            Job::Sync { io, writes } => pending.push((io, writes)),
+            Job::Write { writes, upto: u } => {
+                pending.push(writes);
+                upto = u;
+            }
             Job::ReadAll { io } => {
-                flush(&mut pending, &mut answers);
+                flush(storage, stats, failed, &mut pending, upto, &mut answers);
                 let result = match storage.read_all() {
                     Ok(records) => IoResult::Loaded(records),
                     Err(e) => IoResult::Failed(format!("reading storage failed: {e}")),
                 };
-                answers.push((io, result));
+                answers.push(Done::Io(io, result));
             }
             Job::Backup { io, info } => {
-                flush(&mut pending, &mut answers);
+                flush(storage, stats, failed, &mut pending, upto, &mut answers);
+                if let Some(reason) = failed.as_ref() {
+                    answers.push(Done::Io(io, IoResult::Failed(reason.clone())));
+                    continue;
+                }
                 exports.push(Export {
                     io,
                     info,
@@ -310,8 +312,47 @@ fn execute(
             }
         }
     }
-    flush(&mut pending, &mut answers);
+    flush(storage, stats, failed, &mut pending, upto, &mut answers);
     (answers, exports)
+}
+
+/// Applies `pending` as one batch, persists it and reports the writes up to
+/// `upto` durable (or the failure).
+fn flush(
+    storage: &Storage,
+    stats: &StorageStats,
+    failed: &mut Option<String>,
+    pending: &mut Vec<Vec<WriteOp>>,
+    upto: u64,
+    answers: &mut Vec<Done>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    if let Some(reason) = failed.as_ref() {
+        pending.clear();
+        answers.push(Done::Failed(reason.clone()));
+        return;
+    }
+    let started = Instant::now();
+    let result = storage.commit(pending);
+    pending.clear();
+    stats
+        .persist_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match result {
+        Ok(n) => {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.records.fetch_add(n as u64, Ordering::Relaxed);
+            answers.push(Done::Durable(upto));
+        }
+        Err(e) => {
+            let reason = format!("fjall commit or persist failed: {e}");
+            tracing::error!(%reason, "storage failed; nothing more is made durable");
+            *failed = Some(reason.clone());
+            answers.push(Done::Failed(reason));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +366,7 @@ mod tests {
         {
             let s = Storage::open(dir.path()).unwrap();
             let (jtx, jrx) = mpsc::unbounded_channel();
-            let (dtx, mut drx) = mpsc::channel(16);
+            let (dtx, mut drx) = mpsc::unbounded_channel();
             let policy = BackupPolicy {
                 node: NodeId(1),
                 dir: dir.path().join("backups"),
@@ -333,18 +374,27 @@ mod tests {
             };
             let task = tokio::spawn(run(s, jrx, dtx, stats.clone(), policy));
             let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-            jtx.send(Job::Sync {
-                io: IoId(1),
+            jtx.send(Job::Write {
                 writes: vec![(b("a"), Some(b("1"))), (b("b"), Some(b("2")))],
+                upto: 2,
             })
             .unwrap();
-            jtx.send(Job::Sync {
-                io: IoId(2),
+            jtx.send(Job::Write {
                 writes: vec![(b("a"), None)],
+                upto: 3,
             })
             .unwrap();
-            assert_eq!(drx.recv().await.unwrap(), (IoId(1), IoResult::Synced));
-            assert_eq!(drx.recv().await.unwrap(), (IoId(2), IoResult::Synced));
+            // Both writes may share one batch; the last report covers all.
+            let mut durable = 0;
+            while durable < 3 {
+                match drx.recv().await.unwrap() {
+                    Done::Durable(n) => {
+                        assert!(n > durable);
+                        durable = n;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
             let info = BackupInfo {
                 label: "n1-e1-b3".into(),
                 time: cairn_core::Time(1),
@@ -355,16 +405,16 @@ mod tests {
             };
             jtx.send(Job::Backup { io: IoId(3), info }).unwrap();
             // Issued after the backup: not part of it.
-            jtx.send(Job::Sync {
-                io: IoId(4),
+            jtx.send(Job::Write {
                 writes: vec![(b("c"), Some(b("3")))],
+                upto: 4,
             })
             .unwrap();
             let mut got = vec![drx.recv().await.unwrap(), drx.recv().await.unwrap()];
-            got.sort_by_key(|(io, _)| *io);
+            got.sort_by_key(|d| matches!(d, Done::Io(..)));
             assert_eq!(
                 got,
-                vec![(IoId(3), IoResult::Synced), (IoId(4), IoResult::Synced)]
+                vec![Done::Durable(4), Done::Io(IoId(3), IoResult::Synced)]
             );
             let (_, recs) = crate::backup::read(&dir.path().join("backups"), "n1-e1-b3").unwrap();
             assert_eq!(recs, vec![(b"b".to_vec(), b"2".to_vec())]);
@@ -380,6 +430,6 @@ mod tests {
                 (Bytes::from("c"), Bytes::from("3"))
             ]
         );
-        assert_eq!(stats.syncs.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.records.load(Ordering::Relaxed), 4);
     }
 }

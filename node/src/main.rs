@@ -11,6 +11,10 @@ use cairn_node::config::Config;
 use cairn_node::{local_cluster, offline, server};
 use clap::{Parser, Subcommand};
 
+/// See the comment on transparent huge pages in `main`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
@@ -137,6 +141,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // mimalloc asks for transparent huge pages; the kernel then zeroes 2 MiB
+    // on each first touch, which cost about a tenth of a node's CPU under
+    // load. Plain pages are cheaper for this allocation pattern.
+    // SAFETY: prctl with integer arguments only changes this process's flags.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

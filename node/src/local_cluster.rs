@@ -47,8 +47,17 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Async runtime threads for each of `n` nodes sharing this machine: its
+/// CPUs divided among them, at least one. More threads than CPUs only add
+/// cross-thread wake-ups and context switches to every request.
+pub fn threads_per_node(n: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    (cpus / n.max(1)).max(1)
+}
+
 /// Writes `node-<i>.toml` for nodes 1..=n unless they exist, and returns the
-/// paths. `tweak` may adjust each new config.
+/// paths. `tweak` may adjust each new config. The nodes share the machine's
+/// CPUs ([`threads_per_node`]).
 pub fn write_configs(
     dir: &Path,
     n: usize,
@@ -74,6 +83,7 @@ pub fn write_configs(
         .map(|(i, (p, _))| format!("{}=127.0.0.1:{p}", i + 1))
         .collect();
     let replicas = n.min(3) as u8;
+    let threads = threads_per_node(n);
     for (i, path) in paths.iter().enumerate() {
         let mut cfg = FileConfig {
             id: Some(i as u32 + 1),
@@ -87,6 +97,7 @@ pub fn write_configs(
                 r: replicas / 2 + 1,
                 w: replicas / 2 + 1,
             },
+            worker_threads: Some(threads),
             ..FileConfig::default()
         };
         tweak(&mut cfg);

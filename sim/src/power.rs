@@ -73,6 +73,9 @@ pub fn scenario_for(bug: &str) -> &'static str {
         // Only anti-entropy may repair a replica, over many keys.
         "anti-entropy-skips-bucket" => "anti-entropy-repair",
         "non-atomic-migration" => "crash-mid-migration",
+        // The crash must fall between learning the new cluster version and
+        // persisting it: nodes crash while the version moves.
+        "cluster-version-before-persisting" => "crash-mid-migration",
         _ => "rolling-upgrade",
     }
 }

@@ -40,6 +40,7 @@ pub mod atlas;
 pub mod bench;
 pub mod clock;
 pub mod disk;
+pub mod fuzzing;
 pub mod history;
 pub mod nemesis;
 pub mod network;

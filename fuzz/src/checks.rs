@@ -5,24 +5,33 @@
 //! Each `check_*` function accepts arbitrary bytes. It panics only when
 //! cairn-core breaks one of its contracts: a decoder that panics, accepts
 //! something it must refuse, or returns a value that does not re-encode to
-//! itself; or a causality law of the dotted version vectors that fails against
-//! a reference model of the true causal history. Input that the code under
-//! test rejects cleanly is fine.
+//! itself; a causality law of the dotted version vectors that fails against
+//! a reference model of the true causal history; or a schema migration that
+//! loses, changes or mixes stored records, or gets stuck. Input that the
+//! code under test rejects cleanly is fine.
+//!
+//! (The `simulate` target's check needs the simulator and lives in
+//! `cairn_sim::fuzzing`.)
 //!
 //! This file is compiled both as a module of the `cairn-fuzz` crate and, via
 //! `#[path]`, as a module of cairn-core's integration tests, so it may only
 //! name `cairn_core`, `bytes` and `crc32c`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
 use cairn_core::api::{decode_context, encode_context};
 use cairn_core::dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
+use cairn_core::node::Phase;
+use cairn_core::ring::Ring;
 use cairn_core::storage::{self, Record};
-use cairn_core::version::{ProtocolRange, RELEASES};
+use cairn_core::version::{ProtocolRange, ReleaseId, RELEASES};
 use cairn_core::wire::{self, Decoded, MESSAGE_TYPES};
-use cairn_core::NodeId;
+use cairn_core::{
+    AdminCommand, Duration, Input, IoResult, Node, NodeConfig, NodeId, Output, Quorum, RequestId,
+    Response, Time,
+};
 
 /// Body limit used when decoding envelopes.
 pub const MAX_BODY: usize = 1 << 20;
@@ -807,6 +816,928 @@ pub fn check_dvv_ops(data: &[u8]) {
     model.check_convergence();
     model.check_semilattice(4);
     model.check_digests();
+}
+
+// ---------------------------------------------------------------------------
+// Schema migrations of arbitrary records
+// ---------------------------------------------------------------------------
+
+/// Reads a fuzz input front to back. Past the end every byte reads as zero,
+/// so every input, the empty one included, decodes to something.
+pub struct ByteReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> ByteReader<'a> {
+    pub fn new(data: &'a [u8]) -> ByteReader<'a> {
+        ByteReader { data, pos: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    /// Up to `n` bytes (fewer at the end of the input).
+    pub fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let start = self.pos.min(self.data.len());
+        let end = (start + n).min(self.data.len());
+        self.pos = self.pos.saturating_add(n);
+        &self.data[start..end]
+    }
+}
+
+/// The node whose storage is migrated.
+pub const MIG_NODE: NodeId = NodeId(1);
+/// Its peers when it is one of three members (hints go to them).
+pub const MIG_PEERS: [NodeId; 2] = [NodeId(2), NodeId(3)];
+/// Records (copies included) one input creates at most: enough for a
+/// migration of several chunks (core rewrites 256 keys per durable chunk).
+pub const MIG_MAX_RECORDS: usize = 600;
+/// Bytes of stored records one input creates at most (keeps runs fast).
+pub const MIG_MAX_BYTES: usize = 64 << 10;
+/// Simulated time between two idle timeouts of the harness.
+const MIG_TICK: Duration = Duration::from_millis(50);
+/// Idle timeouts before the harness judges the node idle.
+const MIG_IDLE_TICKS: usize = 4;
+/// Starts of the node one input may take (crashes, refusals, steps).
+const MIG_MAX_STARTS: usize = 24;
+
+/// How an injected failure interrupts the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigFault {
+    /// The process dies after output number `at` of the incarnation.
+    Crash,
+    /// The first sync at or after output number `at` fails (the node halts).
+    FailSync,
+}
+
+/// One injected failure. After it, the first `survivors` unsynced writes
+/// (modulo their number plus one) reached the disk and the rest are lost,
+/// as with a journal; then the node is restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigCrash {
+    pub at: usize,
+    pub fault: MigFault,
+    pub survivors: u8,
+}
+
+/// A decoded `migrate_records` input.
+#[derive(Clone, Debug)]
+pub struct MigPlan {
+    /// One of three members (hints to the peers are kept; every migration
+    /// starts at start-up from a cluster version raised in the metadata, as
+    /// after learning it from gossip and crashing before migrating). Else a
+    /// single-node cluster finalized by admin commands (online migrations).
+    pub multi: bool,
+    /// The schema of the records, and the schema to end at.
+    pub from: u16,
+    pub to: u16,
+    /// Single node: the metadata already names the first target (the
+    /// migration runs at start-up instead of after a finalization).
+    pub prefinalized: bool,
+    /// Backups that fail before the first success (each fails a migration).
+    pub backup_failures: u8,
+    /// Injected failures, one per incarnation, in order.
+    pub crashes: Vec<MigCrash>,
+    /// The durable image the node starts from.
+    pub disk: BTreeMap<Bytes, Bytes>,
+}
+
+/// The release that migrates data from `schema` to `schema + 1`.
+pub fn migrating_release(schema: u16) -> ReleaseId {
+    ReleaseId(schema as u8)
+}
+
+/// The release that wrote data of `schema` (its cluster version).
+pub fn writing_release(schema: u16) -> ReleaseId {
+    ReleaseId(schema as u8 - 1)
+}
+
+pub fn mig_members(multi: bool) -> Vec<NodeId> {
+    if multi {
+        vec![MIG_NODE, MIG_PEERS[0], MIG_PEERS[1]]
+    } else {
+        vec![MIG_NODE]
+    }
+}
+
+pub fn mig_config(multi: bool, release: ReleaseId) -> NodeConfig {
+    let members = mig_members(multi);
+    let mut cfg = NodeConfig::new(MIG_NODE, members.clone(), 7);
+    let n = members.len() as u8;
+    cfg.quorum = Quorum {
+        n,
+        r: n / 2 + 1,
+        w: n / 2 + 1,
+    };
+    cfg.release = release;
+    // Never reap a tombstone while the harness runs: reaping is not a
+    // migration, and the laws compare every record.
+    cfg.timing.tombstone_grace = Duration::from_secs(3600);
+    cfg
+}
+
+fn mig_ring(multi: bool) -> Ring {
+    let cfg = mig_config(multi, ReleaseId::current());
+    Ring::new(&cfg.members, cfg.partitions, cfg.vnodes, cfg.quorum.n)
+}
+
+/// A user key: one byte of length (mod 16), then the key.
+fn mig_key(r: &mut ByteReader) -> Bytes {
+    let n = r.u8() as usize % 16;
+    Bytes::copy_from_slice(r.bytes(n))
+}
+
+/// A value: none (a tombstone), a short one from the input, or a long one
+/// (80 B to 5 KiB) that compresses well or not at all.
+fn mig_value(r: &mut ByteReader) -> Option<Bytes> {
+    match r.u8() {
+        0 => None,
+        v @ 1..=191 => Some(Bytes::copy_from_slice(r.bytes(v as usize % 24))),
+        v => {
+            let len = (v as usize - 191) * 80;
+            let s = r.u8();
+            let mut x = s as u32 | 1;
+            let out: Vec<u8> = (0..len)
+                .map(|i| {
+                    if s & 1 == 0 {
+                        b'a' + (i % 7) as u8
+                    } else {
+                        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (x >> 24) as u8
+                    }
+                })
+                .collect();
+            Some(Bytes::from(out))
+        }
+    }
+}
+
+fn mig_actor(a: u8) -> Actor {
+    Actor {
+        node: NodeId(1 + a as u32 % 3),
+        epoch: 1 + (a as u32 >> 2) % 3,
+    }
+}
+
+/// A well-formed key state with 1-4 siblings (values or tombstones) of up
+/// to nine actors and a context that covers them and maybe more.
+fn mig_state(r: &mut ByteReader) -> KeyState {
+    let n = 1 + r.u8() as usize % 4;
+    let mut siblings: Vec<Sibling> = Vec::new();
+    let mut seen: Vec<(Actor, u64)> = Vec::new();
+    for _ in 0..n {
+        let a = r.u8();
+        let mut counter = 1 + r.u8() as u64;
+        if a & 0x80 != 0 {
+            counter <<= 24;
+        }
+        let dot = Dot {
+            actor: mig_actor(a),
+            counter,
+        };
+        let value = mig_value(r);
+        if siblings.iter().all(|s| s.dot != dot) {
+            siblings.push(Sibling { dot, value });
+            seen.push((dot.actor, dot.counter));
+        }
+    }
+    for _ in 0..r.u8() % 4 {
+        let a = mig_actor(r.u8());
+        seen.push((a, 1 + r.u8() as u64));
+    }
+    let state = KeyState::from_parts(siblings, VersionVector::from_entries(seen));
+    assert!(state.is_well_formed(), "harness bug: {state:?}");
+    state
+}
+
+/// Frames `body` as a stored value of `schema` under `record_key` with a
+/// correct checksum (for schemas 2 and 3 the body starts with the codec).
+pub fn seal_state_value(schema: u16, record_key: &[u8], body: &[u8]) -> Vec<u8> {
+    let crc = if schema <= 1 {
+        crc32c::crc32c_append(crc32c::crc32c(record_key), body)
+    } else {
+        let c = crc32c::crc32c_append(crc32c::crc32c(record_key), &schema.to_le_bytes());
+        crc32c::crc32c_append(c, body)
+    };
+    let mut out = Vec::with_capacity(6 + body.len());
+    out.extend_from_slice(&schema.to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Whether a record is one the node itself could have written: data and
+/// hints with at least one sibling, hints only for a peer. (A record with
+/// an empty state, or a hint for a non-member, is neither loaded nor
+/// deleted at start-up, so it lingers in its namespace; core never writes
+/// one, so the generator leaves them out.)
+fn mig_writable(multi: bool, key: &[u8], value: &[u8]) -> bool {
+    match storage::decode_record(key, value) {
+        Ok(Record::Data { state, .. }) => !state.is_empty(),
+        Ok(Record::Hint { target, state, .. }) => {
+            multi && MIG_PEERS.contains(&target) && !state.is_empty()
+        }
+        _ => true,
+    }
+}
+
+/// Decodes a `migrate_records` input.
+///
+/// - byte 0: bit 0 three members (else one); bit 1 records in schema 2
+///   (else 1); bit 2 from schema 1 stop at schema 2 (else go on to 3); bit
+///   3 the first migration is already finalized in the metadata; bit 4 the
+///   metadata says the last stop was clean; bits 5-7 a progress record: 4
+///   an interrupted migration to the next schema, 5 a finished one whose
+///   clean-up was interrupted, 6 a migration to a schema the node does not
+///   target, 7 a damaged record (value from the input), else none.
+/// - byte 1: the metadata's epoch (1-4) and generation.
+/// - byte 2: bit 0 the progress record's attempts (0-1); bits 1-2 backups
+///   that fail (0-2); bit 3 the progress record carries an error.
+/// - three failures of 3 bytes each: the output number (u16 LE, 0: none)
+///   and a byte: bit 0 a failed sync instead of a crash, the rest the
+///   unsynced writes that survive.
+/// - then records until the end, each a kind byte (`k`) and its fields:
+///   `k % 8` 0-3 a data record (a key, a state; with `k & 0x80` a byte of
+///   copies, 1 + 2b records under the key with two bytes appended), 4 a hint
+///   for peer `(k >> 3) & 1` (three members only), 5 a record left in the
+///   next schema by an interrupted migration (a u16 picks an earlier data
+///   record; with `k & 0x80` the same state, else a state from the input),
+///   6 a damaged record (a selector byte, a key, a length byte and the
+///   value), 7 a data record with 1 + 2b copies. Records stop at
+///   [`MIG_MAX_RECORDS`] or [`MIG_MAX_BYTES`].
+///
+/// A key is a length byte (mod 16) and the key; a state a byte of siblings
+/// (1-4), each an actor byte, a counter byte and a value (0: a tombstone,
+/// 1-191: that many bytes mod 24 from the input, above: (b - 191) * 80
+/// generated bytes, after a byte saying compressible or not), then a byte of
+/// extra context entries (mod 4), each an actor byte and a counter byte.
+pub fn decode_migration(data: &[u8]) -> MigPlan {
+    let mut r = ByteReader::new(data);
+    let mode = r.u8();
+    let multi = mode & 1 != 0;
+    let from: u16 = if mode & 2 != 0 { 2 } else { 1 };
+    let to: u16 = if from == 1 && mode & 4 != 0 { 2 } else { 3 };
+    let prefinalized = mode & 8 != 0;
+    let clean = mode & 16 != 0;
+    let progress_kind = mode >> 5;
+    let m = r.u8();
+    let flags = r.u8();
+    let crashes: Vec<MigCrash> = (0..3)
+        .filter_map(|_| {
+            let at = r.u16() as usize;
+            let b = r.u8();
+            (at > 0).then_some(MigCrash {
+                at,
+                fault: if b & 1 != 0 {
+                    MigFault::FailSync
+                } else {
+                    MigFault::Crash
+                },
+                survivors: b >> 1,
+            })
+        })
+        .collect();
+    let meta = storage::Meta {
+        epoch: 1 + (m & 3) as u32,
+        next_counter: 1 + (m >> 2) as u64,
+        clean,
+        schema: from,
+        cluster_version: writing_release(from).version().into(),
+        generation: (m >> 4) as u64,
+    };
+    let mut disk: BTreeMap<Bytes, Bytes> = BTreeMap::new();
+    disk.insert(
+        Bytes::from_static(storage::META_KEY),
+        storage::encode_meta(&meta),
+    );
+    let progress = |from: u16, to: u16| storage::Progress {
+        from,
+        to,
+        attempts: (flags & 1) as u32,
+        last_error: (flags & 8 != 0).then(|| "an earlier attempt failed".into()),
+    };
+    let progress_value = match progress_kind {
+        4 => Some(storage::encode_progress(&progress(from, from + 1))),
+        5 => Some(storage::encode_progress(&progress(from - 1, from))),
+        6 => Some(storage::encode_progress(&progress(from, from + 2))),
+        7 => {
+            let n = r.u8() as usize % 32;
+            Some(Bytes::copy_from_slice(r.bytes(n)))
+        }
+        _ => None,
+    };
+    if let Some(v) = progress_value {
+        disk.insert(Bytes::from_static(storage::PROGRESS_KEY), v);
+    }
+    let ring = mig_ring(multi);
+    let next = from + 1;
+    let mut live: Vec<Bytes> = Vec::new();
+    let mut states: BTreeMap<Bytes, KeyState> = BTreeMap::new();
+    // Records and bytes stored so far (a replaced record still counts).
+    let (mut records, mut stored) = (0usize, 0usize);
+    let full = |records: usize, stored: usize| records >= MIG_MAX_RECORDS || stored > MIG_MAX_BYTES;
+    while !r.is_empty() && !full(records, stored) {
+        let k = r.u8();
+        match k % 8 {
+            kind @ (0..=3 | 7) => {
+                let key = mig_key(&mut r);
+                let state = mig_state(&mut r);
+                let copies = if k & 0x80 != 0 || kind == 7 {
+                    1 + 2 * r.u8() as usize
+                } else {
+                    1
+                };
+                for i in 0..copies {
+                    if full(records, stored) {
+                        break;
+                    }
+                    let user = if copies == 1 {
+                        key.clone()
+                    } else {
+                        let mut u = key.to_vec();
+                        u.extend_from_slice(&(i as u16).to_be_bytes());
+                        Bytes::from(u)
+                    };
+                    let rk = storage::data_key(from, 0, &user);
+                    let v = storage::encode_state(from, &rk, &state);
+                    stored += v.len();
+                    disk.insert(rk, v);
+                    if !states.contains_key(&user) {
+                        live.push(user.clone());
+                    }
+                    states.insert(user, state.clone());
+                    records += 1;
+                }
+            }
+            4 => {
+                let target = MIG_PEERS[(k as usize >> 3) & 1];
+                let key = mig_key(&mut r);
+                let state = mig_state(&mut r);
+                if multi {
+                    let rk = storage::hint_key(from, target, &key);
+                    let v = storage::encode_state(from, &rk, &state);
+                    stored += v.len();
+                    disk.insert(rk, v);
+                    records += 1;
+                }
+            }
+            5 => {
+                let pick = r.u16() as usize;
+                let same = k & 0x80 != 0;
+                let other = (!same).then(|| mig_state(&mut r));
+                if live.is_empty() {
+                    continue;
+                }
+                let user = live[pick % live.len()].clone();
+                let state = other.unwrap_or_else(|| states[&user].clone());
+                let rk = storage::data_key(next, ring.partition_of(&user), &user);
+                let v = storage::encode_state(next, &rk, &state);
+                stored += v.len();
+                disk.insert(rk, v);
+                records += 1;
+            }
+            _ => {
+                let sel = r.u8();
+                let user = mig_key(&mut r);
+                let n = r.u8() as usize;
+                let raw = r.bytes(n).to_vec();
+                let peer = MIG_PEERS[(sel as usize >> 3) & 1];
+                let (rk, value) = match sel % 6 {
+                    0 => (storage::data_key(from, 0, &user), raw),
+                    1 => {
+                        let rk = storage::data_key(from, 0, &user);
+                        let v = seal_state_value(from, &rk, &raw);
+                        (rk, v)
+                    }
+                    2 => {
+                        let rk = storage::data_key(next, ring.partition_of(&user), &user);
+                        let v = seal_state_value(next, &rk, &raw);
+                        (rk, v)
+                    }
+                    3 => {
+                        let rk = storage::hint_key(from, peer, &user);
+                        let v = seal_state_value(from, &rk, &raw);
+                        (rk, v)
+                    }
+                    4 => {
+                        let mut rk = vec![b'd', sel >> 3];
+                        rk.extend_from_slice(&user);
+                        (Bytes::from(rk), raw)
+                    }
+                    _ => {
+                        let mut rk = vec![if sel & 8 != 0 { b'h' } else { b'd' }];
+                        rk.extend_from_slice(&user);
+                        (Bytes::from(rk), raw)
+                    }
+                };
+                if mig_writable(multi, &rk, &value) {
+                    // A damaged record may replace a good one: then that
+                    // record is lost, which the expected contents reflect.
+                    stored += value.len();
+                    disk.insert(rk, Bytes::from(value));
+                    records += 1;
+                }
+            }
+        }
+    }
+    MigPlan {
+        multi,
+        from,
+        to,
+        prefinalized,
+        backup_failures: (flags >> 1) & 3,
+        crashes,
+        disk,
+    }
+}
+
+/// The logical contents of a durable image in one schema namespace: every
+/// data record by user key and every hint by (target, user key) that
+/// decodes.
+pub type Contents = (
+    BTreeMap<Bytes, KeyState>,
+    BTreeMap<(NodeId, Bytes), KeyState>,
+);
+
+pub fn image_contents(image: &BTreeMap<Bytes, Bytes>, schema: u16) -> Contents {
+    let mut data = BTreeMap::new();
+    let mut hints = BTreeMap::new();
+    for (k, v) in image {
+        if storage::key_schema(k) != Some(schema) {
+            continue;
+        }
+        match storage::decode_record(k, v) {
+            Ok(Record::Data { key, state, .. }) => {
+                data.insert(key, state);
+            }
+            Ok(Record::Hint {
+                target, key, state, ..
+            }) => {
+                hints.insert((target, key), state);
+            }
+            _ => {}
+        }
+    }
+    (data, hints)
+}
+
+/// The schema namespaces that hold data or hint records in an image.
+pub fn image_namespaces(image: &BTreeMap<Bytes, Bytes>) -> Vec<u16> {
+    let mut s: Vec<u16> = image
+        .keys()
+        .filter(|k| matches!(k.first(), Some(b'd' | b'h')))
+        .filter_map(|k| storage::key_schema(k))
+        .collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+fn image_meta(image: &BTreeMap<Bytes, Bytes>) -> storage::Meta {
+    let v = image
+        .get(storage::META_KEY)
+        .expect("the metadata record is missing");
+    match storage::decode_record(storage::META_KEY, v) {
+        Ok(Record::Meta(m)) => m,
+        other => panic!("the metadata record does not decode: {other:?}"),
+    }
+}
+
+/// Sets the cluster version in an image's metadata, marked unclean: what a
+/// node persists when it learns a finalization, before it acts on it.
+fn raise_cluster_version(image: &mut BTreeMap<Bytes, Bytes>, v: ReleaseId) {
+    let mut meta = image_meta(image);
+    meta.cluster_version = v.version().into();
+    meta.clean = false;
+    image.insert(
+        Bytes::from_static(storage::META_KEY),
+        storage::encode_meta(&meta),
+    );
+}
+
+/// A disk: the durable image and the writes not yet synced.
+#[derive(Clone, Debug, Default)]
+pub struct MigDisk {
+    pub durable: BTreeMap<Bytes, Bytes>,
+    pub pending: Vec<(Bytes, Option<Bytes>)>,
+}
+
+impl MigDisk {
+    fn apply(&mut self, n: usize) {
+        for (k, v) in self.pending.drain(..n) {
+            match v {
+                Some(v) => self.durable.insert(k, v),
+                None => self.durable.remove(&k),
+            };
+        }
+    }
+
+    fn sync(&mut self) {
+        self.apply(self.pending.len());
+    }
+
+    /// The process died: a prefix of the unsynced writes reached the disk.
+    fn crash(&mut self, survivors: u8) {
+        let n = survivors as usize % (self.pending.len() + 1);
+        self.apply(n);
+        self.pending.clear();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MigEnd {
+    Idle,
+    Crashed,
+}
+
+/// One incarnation of the node on its disk, driven through its sans-IO API.
+struct MigNode {
+    node: Node,
+    disk: MigDisk,
+    now: Time,
+    queue: VecDeque<Input>,
+    replies: BTreeMap<RequestId, Response>,
+    outputs: usize,
+    fault: Option<MigCrash>,
+    /// Survivors of a failed sync, once one was injected.
+    failed_sync: Option<u8>,
+    /// The node's phase when the injected failure struck.
+    struck_in: Option<Phase>,
+}
+
+impl MigNode {
+    fn start(
+        multi: bool,
+        release: ReleaseId,
+        durable: BTreeMap<Bytes, Bytes>,
+        now: Time,
+        fault: Option<MigCrash>,
+    ) -> MigNode {
+        MigNode {
+            node: Node::new(mig_config(multi, release), now),
+            disk: MigDisk {
+                durable,
+                pending: Vec::new(),
+            },
+            now,
+            queue: VecDeque::new(),
+            replies: BTreeMap::new(),
+            outputs: 0,
+            fault,
+            failed_sync: None,
+            struck_in: None,
+        }
+    }
+
+    /// Runs until the node is idle, or until the injected failure strikes
+    /// (the unsynced writes are then settled as after a crash).
+    fn run(&mut self, backups: &mut Vec<BTreeMap<Bytes, Bytes>>, fail_backups: &mut u8) -> MigEnd {
+        let mut idle = 0;
+        for _ in 0..1_000_000 {
+            loop {
+                let out = self.node.poll_output();
+                self.outputs += 1;
+                if let Some(c) = self.fault {
+                    if c.fault == MigFault::Crash && self.outputs >= c.at {
+                        self.fault = None;
+                        self.struck_in = Some(self.node.phase());
+                        self.disk.crash(c.survivors);
+                        return MigEnd::Crashed;
+                    }
+                }
+                match out {
+                    Output::Timeout(_) => break,
+                    Output::Write { key, value, .. } => self.disk.pending.push((key, value)),
+                    Output::Sync { io } => {
+                        let result = match self.fault {
+                            Some(c) if c.fault == MigFault::FailSync && self.outputs >= c.at => {
+                                self.fault = None;
+                                self.struck_in = Some(self.node.phase());
+                                self.failed_sync = Some(c.survivors);
+                                IoResult::Failed("injected I/O error".into())
+                            }
+                            _ => {
+                                self.disk.sync();
+                                IoResult::Synced
+                            }
+                        };
+                        self.queue.push_back(Input::IoDone {
+                            now: self.now,
+                            io,
+                            result,
+                        });
+                    }
+                    Output::Read { io, .. } => {
+                        let records = self
+                            .disk
+                            .durable
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        self.queue.push_back(Input::IoDone {
+                            now: self.now,
+                            io,
+                            result: IoResult::Loaded(records),
+                        });
+                    }
+                    Output::Backup { io, .. } => {
+                        let result = if *fail_backups > 0 {
+                            *fail_backups -= 1;
+                            IoResult::Failed("injected backup failure".into())
+                        } else {
+                            backups.push(self.disk.durable.clone());
+                            IoResult::Synced
+                        };
+                        self.queue.push_back(Input::IoDone {
+                            now: self.now,
+                            io,
+                            result,
+                        });
+                    }
+                    Output::Reply { id, response } => {
+                        self.replies.insert(id, response);
+                    }
+                    Output::Send { .. } | Output::Event(_) => {}
+                }
+            }
+            if self.node.is_halted() {
+                let survivors = self.failed_sync.take().unwrap_or(0);
+                self.disk.crash(survivors);
+                return MigEnd::Crashed;
+            }
+            match self.queue.pop_front() {
+                Some(input) => {
+                    idle = 0;
+                    self.node.handle_input(input);
+                }
+                None => {
+                    idle += 1;
+                    if idle > MIG_IDLE_TICKS {
+                        return MigEnd::Idle;
+                    }
+                    self.now = self.now + MIG_TICK;
+                    self.node.handle_input(Input::Timeout(self.now));
+                }
+            }
+        }
+        panic!("the node never went idle");
+    }
+
+    /// The laws of a serving node: one schema on disk, the live one; the
+    /// same records in memory as on disk; and on disk exactly the expected
+    /// records, plus perhaps some of `adoptable`, unchanged.
+    fn check_serving(
+        &self,
+        expected: &Contents,
+        adoptable: &BTreeMap<Bytes, KeyState>,
+        multi: bool,
+        when: &str,
+    ) {
+        let image = &self.disk.durable;
+        let schema = self.node.schema();
+        let meta = image_meta(image);
+        assert_eq!(
+            meta.schema, schema,
+            "{when}: the metadata names schema {} but the node serves schema {schema}",
+            meta.schema
+        );
+        assert!(
+            !image.contains_key(storage::PROGRESS_KEY),
+            "{when}: a progress record is left while the node serves"
+        );
+        let spaces = image_namespaces(image);
+        assert!(
+            spaces.is_empty() || spaces == [schema],
+            "{when}: records of schemas {spaces:?} on disk, live schema {schema}"
+        );
+        let got = image_contents(image, schema);
+        let mut want = expected.0.clone();
+        for (k, s) in &got.0 {
+            if !want.contains_key(k) && adoptable.get(k) == Some(s) {
+                want.insert(k.clone(), s.clone());
+            }
+        }
+        assert!(
+            got.0 == want,
+            "{when}: data records on disk differ from the records before: {}",
+            diff_states(&want, &got.0)
+        );
+        assert!(
+            got.1 == expected.1,
+            "{when}: hints on disk differ from the hints before: {:?} != {:?}",
+            got.1.keys().collect::<Vec<_>>(),
+            expected.1.keys().collect::<Vec<_>>()
+        );
+        let mem: BTreeMap<Bytes, KeyState> = self
+            .node
+            .keys()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        assert!(
+            mem == got.0,
+            "{when}: the node's records differ from its live records on disk: {}",
+            diff_states(&got.0, &mem)
+        );
+        if multi {
+            assert_eq!(self.node.hint_count(), expected.1.len(), "{when}: hints");
+        }
+    }
+}
+
+/// The first difference between two maps of key states, for messages.
+fn diff_states(want: &BTreeMap<Bytes, KeyState>, got: &BTreeMap<Bytes, KeyState>) -> String {
+    for (k, s) in want {
+        match got.get(k) {
+            None => return format!("key {} is missing ({} expected)", hex(k), want.len()),
+            Some(g) if g != s => {
+                return format!("key {}: {g:?} instead of {s:?}", hex(k));
+            }
+            _ => {}
+        }
+    }
+    match got.keys().find(|k| !want.contains_key(*k)) {
+        Some(k) => format!("key {} appeared", hex(k)),
+        None => "no difference".into(),
+    }
+}
+
+/// Fuzz target `migrate_records`.
+///
+/// Builds a durable image of records in schema 1 or 2 from the input (see
+/// [`decode_migration`]), then upgrades the node one release at a time to
+/// the newest schema as core plans it: a single node finalized by admin
+/// commands, or one of three members whose metadata was raised as gossip
+/// would. Outputs are applied to an in-memory disk; injected crashes and
+/// failed syncs lose a suffix of the unsynced writes and restart the node,
+/// failed backups fail a migration (the node refuses, and an operator
+/// restarts it). Whenever the node serves, and at the end after a clean
+/// restart: exactly one schema is on disk and it is the live one, no
+/// progress record is left, and every record (data and hints) has the same
+/// logical content as before; every backup holds the records intact.
+pub fn check_migrate_records(data: &[u8]) {
+    run_migration(data);
+}
+
+/// What one `migrate_records` input made happen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigStats {
+    /// Starts of the node (every restart included).
+    pub starts: usize,
+    /// Injected crashes and failed syncs that struck, and how many of them
+    /// struck while the node was migrating.
+    pub faults: usize,
+    pub faults_migrating: usize,
+    /// Failed migrations the node refused to serve after.
+    pub refusals: usize,
+    /// Finalizations sent.
+    pub finalizations: usize,
+    /// Backups taken.
+    pub backups: usize,
+    /// Data records and hints checked.
+    pub records: usize,
+    pub hints: usize,
+}
+
+/// Runs a `migrate_records` input, checking every law (see
+/// [`check_migrate_records`]), and says what happened.
+pub fn run_migration(data: &[u8]) -> MigStats {
+    let mut stats = MigStats::default();
+    let plan = decode_migration(data);
+    let expected = image_contents(&plan.disk, plan.from);
+    // With a progress record of an interrupted migration to the next schema,
+    // a record that an earlier attempt wrote there but whose live copy is
+    // gone (damaged) may be adopted when the migration resumes: it is the
+    // record as that attempt copied it. It need not be.
+    let resumable = plan.disk.get(storage::PROGRESS_KEY).is_some_and(|v| {
+        matches!(
+            storage::decode_record(storage::PROGRESS_KEY, v),
+            Ok(Record::Progress(p)) if p.from == plan.from && p.to == plan.from + 1
+        )
+    });
+    let adoptable: BTreeMap<Bytes, KeyState> = if resumable {
+        image_contents(&plan.disk, plan.from + 1)
+            .0
+            .into_iter()
+            .filter(|(k, _)| !expected.0.contains_key(k))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let multi = plan.multi;
+    let mut image = plan.disk.clone();
+    let mut faults = plan.crashes.iter().copied();
+    let mut fail_backups = plan.backup_failures;
+    let mut backups: Vec<BTreeMap<Bytes, Bytes>> = Vec::new();
+    let mut now = Time::from_millis(1);
+    let mut starts = 0usize;
+    for schema in plan.from..plan.to {
+        let release = migrating_release(schema);
+        if multi || (schema == plan.from && plan.prefinalized) {
+            raise_cluster_version(&mut image, release);
+        }
+        let mut h = MigNode::start(multi, release, image.clone(), now, faults.next());
+        starts += 1;
+        let mut finalizes = 0;
+        loop {
+            assert!(
+                starts <= MIG_MAX_STARTS,
+                "the migration to schema {} never finished",
+                schema + 1
+            );
+            let end = h.run(&mut backups, &mut fail_backups);
+            now = h.now;
+            let when = format!("{} (start {starts})", release.version());
+            let phase = h.node.phase();
+            if let Some(p) = h.struck_in.take() {
+                stats.faults += 1;
+                stats.faults_migrating += (p == Phase::Migrating) as usize;
+            }
+            if end == MigEnd::Crashed || phase == Phase::Refusing {
+                if end == MigEnd::Idle {
+                    stats.refusals += 1;
+                    // A failed migration refuses with the old schema intact;
+                    // the operator restarts the node (a kill).
+                    assert_eq!(h.node.schema(), schema, "{when}: refusing");
+                    let got = image_contents(&h.disk.durable, schema);
+                    assert!(
+                        got == expected,
+                        "{when}: a refusing node's records changed: {}",
+                        diff_states(&expected.0, &got.0)
+                    );
+                    h.disk.crash(0);
+                }
+                h = MigNode::start(multi, release, h.disk.durable, now, faults.next());
+                starts += 1;
+                continue;
+            }
+            assert_eq!(
+                phase,
+                Phase::Serving,
+                "{when}: the idle node is stuck ({:?})",
+                h.node.refusal()
+            );
+            h.check_serving(&expected, &adoptable, multi, &when);
+            if h.node.schema() == schema + 1 {
+                break;
+            }
+            assert_eq!(h.node.schema(), schema, "{when}: schema");
+            assert!(
+                !multi && h.node.cluster_version() < release,
+                "{when}: the cluster version is {} but the node serves schema {schema}",
+                h.node.cluster_version().version()
+            );
+            finalizes += 1;
+            stats.finalizations += 1;
+            assert!(finalizes <= 8, "{when}: finalization never took");
+            h.queue.push_back(Input::Admin {
+                now: h.now,
+                id: RequestId(finalizes),
+                command: AdminCommand::Finalize {
+                    target: Some(release.version().into()),
+                },
+            });
+        }
+        assert_eq!(h.node.cluster_version(), release);
+        // A clean shutdown between two releases.
+        h.queue.push_back(Input::Shutdown { now: h.now });
+        h.fault = None;
+        assert_eq!(h.run(&mut backups, &mut fail_backups), MigEnd::Idle);
+        assert_eq!(h.node.phase(), Phase::Stopped);
+        now = h.now;
+        image = h.disk.durable;
+    }
+    let mut r = MigNode::start(multi, migrating_release(plan.to - 1), image, now, None);
+    starts += 1;
+    assert_eq!(r.run(&mut backups, &mut fail_backups), MigEnd::Idle);
+    assert!(r.node.is_serving(), "restart: {:?}", r.node.refusal());
+    assert_eq!(r.node.schema(), plan.to, "restart");
+    r.check_serving(&expected, &adoptable, multi, "after a clean restart");
+    for (i, b) in backups.iter().enumerate() {
+        let schema = image_meta(b).schema;
+        let got = image_contents(b, schema);
+        assert!(
+            got == expected,
+            "backup {i} (schema {schema}) lost records: {}",
+            diff_states(&expected.0, &got.0)
+        );
+    }
+    stats.starts = starts;
+    stats.backups = backups.len();
+    stats.records = expected.0.len();
+    stats.hints = expected.1.len();
+    stats
 }
 
 /// Renders bytes as lowercase hex, for failure messages.

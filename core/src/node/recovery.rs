@@ -62,6 +62,14 @@ impl Node {
                             corrupt += 1;
                             self.metrics.corrupt_records += 1;
                             self.emit(Event::CorruptRecord { key: key.clone() });
+                            if key.as_ref() == storage::PROGRESS_KEY {
+                                // An unreadable progress record cannot be
+                                // resumed: drop it, or every later start
+                                // would count it as damage again (a new
+                                // epoch each time). The migration, if one is
+                                // due, starts afresh.
+                                self.write_record(key.clone(), None);
+                            }
                         }
                     }
                 }
@@ -140,6 +148,8 @@ impl Node {
         let me = self.cfg.id;
         let mut own_epoch = 0u32;
         let mut own_counter = 0u64;
+        // Copies an interrupted migration already wrote: (key, record key).
+        let mut copies: Vec<(Bytes, Bytes)> = Vec::new();
         for (key, value) in records {
             let Some(ns) = storage::key_schema(&key) else {
                 continue;
@@ -147,10 +157,14 @@ impl Node {
             if ns != schema {
                 if let Some(p) = &resuming {
                     if ns == p.to {
-                        if let Ok(Record::Data { key, state, .. }) =
-                            storage::decode_record(&key, &value)
+                        if let Ok(Record::Data {
+                            key: user_key,
+                            state,
+                            ..
+                        }) = storage::decode_record(&key, &value)
                         {
-                            self.resume.insert(key, state.digest());
+                            self.resume.insert(user_key.clone(), state.digest());
+                            copies.push((user_key, key));
                             continue;
                         }
                     }
@@ -191,6 +205,15 @@ impl Node {
                     // is never served; replicas will repair the key.
                     self.write_record(key, None);
                 }
+            }
+        }
+        // A copy whose live record is gone (damaged and dropped above) would
+        // turn live at the switch without being loaded: delete it. The key
+        // is repaired from its replicas like any lost record.
+        for (user_key, record_key) in copies {
+            if self.store.get(&user_key).is_none() {
+                self.resume.remove(&user_key);
+                self.write_record(record_key, None);
             }
         }
         // Data without (readable) metadata: the epochs this node used are

@@ -1,58 +1,13 @@
 //! Runs the fuzz seed corpora (`fuzz/seeds/<target>/`) as ordinary tests, on
 //! stable Rust, through the same checks the fuzz targets use
-//! (`fuzz/src/checks.rs`). A missing or empty seed directory is a failure,
-//! so this cannot silently test nothing.
+//! (`fuzz/src/checks.rs`), with the shared runner of `fuzz/src/corpus.rs`.
 
 #[allow(dead_code)]
 #[path = "../../fuzz/src/checks.rs"]
 mod checks;
 
+use checks::corpus::{run_seeds, seed_files};
 use std::fs;
-use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-
-fn seed_files(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target);
-    let entries = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("seed directory {} is missing: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable seed directory").path())
-        .filter(|p| p.is_file())
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no seeds in {}", dir.display());
-    files
-}
-
-fn run_seeds(target: &str, check: fn(&[u8])) {
-    let mut failures = Vec::new();
-    let files = seed_files(target);
-    for file in &files {
-        let data = fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| check(&data))) {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failures.push(format!(
-                "{}: {msg}\n  input: {}",
-                file.display(),
-                checks::hex(&data)
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds of {target} fail:\n{}",
-        failures.len(),
-        files.len(),
-        failures.join("\n")
-    );
-}
 
 #[test]
 fn wire_decode_seeds() {

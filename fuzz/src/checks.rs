@@ -18,7 +18,6 @@
 //! name `cairn_core`, `bytes` and `crc32c`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 use cairn_core::api::{decode_context, encode_context};
@@ -1740,11 +1739,7 @@ pub fn run_migration(data: &[u8]) -> MigStats {
     stats
 }
 
-/// Renders bytes as lowercase hex, for failure messages.
-pub fn hex(data: &[u8]) -> String {
-    let mut s = String::with_capacity(data.len() * 2);
-    for b in data {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+#[path = "corpus.rs"]
+pub mod corpus;
+
+pub use corpus::hex;

@@ -5,57 +5,18 @@
 //! planted in core, some seed must fail.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use cairn_sim::fuzzing::{check_simulate, run_input};
 use cairn_sim::planted;
 
-fn seed_files(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target);
-    let entries = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("seed directory {} is missing: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable seed directory").path())
-        .filter(|p| p.is_file())
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no seeds in {}", dir.display());
-    files
-}
+#[path = "../../fuzz/src/corpus.rs"]
+mod corpus;
 
-fn hex(data: &[u8]) -> String {
-    data.iter().map(|b| format!("{b:02x}")).collect()
-}
+use corpus::{run_seeds, seed_files};
 
 #[test]
 fn simulate_seeds() {
-    let files = seed_files("simulate");
-    let mut failures = Vec::new();
-    for file in &files {
-        let data = fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        if let Err(panic) = std::panic::catch_unwind(|| check_simulate(&data)) {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failures.push(format!(
-                "{}: {msg}\n  input: {}",
-                file.display(),
-                hex(&data)
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds of simulate fail:\n{}",
-        failures.len(),
-        files.len(),
-        failures.join("\n")
-    );
+    run_seeds("simulate", check_simulate);
 }
 
 /// The check can fail: with a replica acknowledging writes before they are

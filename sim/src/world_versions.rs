@@ -767,8 +767,8 @@ impl World {
         (s.state == NodeState::Up && n.config().release == self.versions.releases[i]).then_some(n)
     }
 
-    /// Sets the release node `i` starts as next; true when it must restart
-    /// for it (it runs another release now).
+    /// Sets the release node `i` starts as next, counting upgrades and
+    /// rollbacks.
     fn plan_release(&mut self, i: usize, release: ReleaseId) {
         let old = self.versions.releases[i];
         if release > old {
@@ -778,6 +778,23 @@ impl World {
         }
         self.versions.releases[i] = release;
         self.version_record(i, "release", release.version());
+    }
+
+    /// A step's restart of `node` as `release`: planned once, then retried
+    /// until the node is back. True once it has restarted.
+    fn restart_as(&mut self, node: usize, release: ReleaseId) -> bool {
+        if self.versions.st.stage == 0 {
+            self.plan_release(node, release);
+            self.versions.st.stage = 1;
+            self.versions.st.restart_needed = true;
+        }
+        if self.versions.st.restart_needed {
+            if !self.restart_into_plan(node) {
+                return false;
+            }
+            self.versions.st.restart_needed = false;
+        }
+        true
     }
 
     /// Triggers a clean restart of `i` if it runs another release than
@@ -886,16 +903,8 @@ impl World {
                 Progress::Done
             }
             Step::RestartAs { node, release } => {
-                if self.versions.st.stage == 0 {
-                    self.plan_release(node, release);
-                    self.versions.st.stage = 1;
-                    self.versions.st.restart_needed = true;
-                }
-                if self.versions.st.restart_needed {
-                    if !self.restart_into_plan(node) {
-                        return Progress::Wait;
-                    }
-                    self.versions.st.restart_needed = false;
+                if !self.restart_as(node, release) {
+                    return Progress::Wait;
                 }
                 match self.settled(node) {
                     Some(n) if n.is_serving() => Progress::Done,
@@ -950,16 +959,8 @@ impl World {
                 Progress::Wait
             }
             Step::Downgrade { node, release } => {
-                if self.versions.st.stage == 0 {
-                    self.plan_release(node, release);
-                    self.versions.st.stage = 1;
-                    self.versions.st.restart_needed = true;
-                }
-                if self.versions.st.restart_needed {
-                    if !self.restart_into_plan(node) {
-                        return Progress::Wait;
-                    }
-                    self.versions.st.restart_needed = false;
+                if !self.restart_as(node, release) {
+                    return Progress::Wait;
                 }
                 let Some(n) = self.settled(node) else {
                     return Progress::Wait;

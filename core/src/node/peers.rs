@@ -111,55 +111,57 @@ impl Node {
 
     /// Sends a message, or queues it until the peer's handshake completes.
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
-        let max_queue = self.cfg.limits.max_peer_queue;
-        let unchecked = self.bugs().new_message_before_finalization;
-        let Some(peer) = self.peers.get_mut(&to) else {
-            return;
-        };
-        match peer.protocol {
-            // (The planted bug sends new messages without this check.)
-            Some(p) if message.min_protocol() > p && !unchecked => {
-                // The peer and we disagree on the protocol (a handshake
-                // message was lost): never send what it may not decode.
-                // Drop it, and agree again.
-                self.metrics.protocol_mismatch_drops += 1;
-                self.maybe_hello(to);
-            }
-            Some(p) => {
-                let bytes = wire::encode(p, &message);
-                self.push(Output::Send { to, bytes });
-            }
-            None => {
-                if peer.queue.len() >= max_queue {
-                    peer.queue.pop_front();
-                    self.metrics.peer_queue_drops += 1;
-                }
-                peer.queue.push_back(message);
-                self.maybe_hello(to);
-            }
-        }
+        self.send_each(&[to], message);
     }
 
     /// Sends one message to several peers, in order, encoding it once per
-    /// protocol rather than once per peer. Same outputs as a `send` each.
+    /// protocol rather than once per peer.
     pub(super) fn send_each(&mut self, targets: &[NodeId], message: Message) {
+        let max_queue = self.cfg.limits.max_peer_queue;
         let unchecked = self.bugs().new_message_before_finalization;
         let mut encoded: Option<(u16, bytes::Bytes)> = None;
-        for &to in targets {
-            let protocol = self.peers.get(&to).and_then(|p| p.protocol);
-            match protocol {
-                Some(p) if message.min_protocol() <= p || unchecked => {
+        let mut message = Some(message);
+        for (i, &to) in targets.iter().enumerate() {
+            let Some(m) = message.as_ref() else {
+                return;
+            };
+            let Some(peer) = self.peers.get_mut(&to) else {
+                continue;
+            };
+            match peer.protocol {
+                // (The planted bug sends new messages without this check.)
+                Some(p) if m.min_protocol() > p && !unchecked => {
+                    // The peer and we disagree on the protocol (a handshake
+                    // message was lost): never send what it may not decode.
+                    // Drop it, and agree again.
+                    self.metrics.protocol_mismatch_drops += 1;
+                    self.maybe_hello(to);
+                }
+                Some(p) => {
                     let bytes = match &encoded {
                         Some((q, b)) if *q == p => b.clone(),
                         _ => {
-                            let b = wire::encode(p, &message);
+                            let b = wire::encode(p, m);
                             encoded = Some((p, b.clone()));
                             b
                         }
                     };
                     self.push(Output::Send { to, bytes });
                 }
-                _ => self.send(to, message.clone()),
+                None => {
+                    if peer.queue.len() >= max_queue {
+                        peer.queue.pop_front();
+                        self.metrics.peer_queue_drops += 1;
+                    }
+                    // The last target may take the message itself.
+                    let queued = if i + 1 == targets.len() {
+                        message.take().expect("checked above")
+                    } else {
+                        m.clone()
+                    };
+                    peer.queue.push_back(queued);
+                    self.maybe_hello(to);
+                }
             }
         }
     }

@@ -48,6 +48,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::options::{draw, draw_range};
 use crate::rng::{between, chance, Seeds, SimRng};
 use crate::scenario::{QuorumSpec, Scenario, Span};
 
@@ -232,16 +233,6 @@ pub fn specialise(scenario: &Scenario, seed: u64) -> Scenario {
     };
     // `Options::derive` caps `max_down` by this size and quorum.
     s
-}
-
-fn draw(rng: &mut SimRng, s: Span) -> u64 {
-    between(rng, s.min, s.max)
-}
-
-fn draw_range(rng: &mut SimRng, s: Span) -> (u64, u64) {
-    let a = draw(rng, s);
-    let b = draw(rng, s);
-    (a.min(b), a.max(b))
 }
 
 /// Draws the disk-fault and clock-step options of a (specialised) scenario.

@@ -115,12 +115,12 @@ pub struct Options {
     pub deep: crate::atlas::DeepOptions,
 }
 
-fn draw(rng: &mut SimRng, s: Span) -> u64 {
+pub(crate) fn draw(rng: &mut SimRng, s: Span) -> u64 {
     between(rng, s.min, s.max)
 }
 
 /// A sub-range of `s`: two draws, ordered.
-fn draw_range(rng: &mut SimRng, s: Span) -> (u64, u64) {
+pub(crate) fn draw_range(rng: &mut SimRng, s: Span) -> (u64, u64) {
     let a = draw(rng, s);
     let b = draw(rng, s);
     (a.min(b), a.max(b))

@@ -361,8 +361,8 @@ impl Node {
             });
             return;
         }
-        let header = match wire::open(bytes, self.cfg.limits.max_message_len) {
-            Ok((h, _)) => h,
+        let (header, body) = match wire::open(bytes, self.cfg.limits.max_message_len) {
+            Ok(opened) => opened,
             Err(e) => return self.undecodable(from, e),
         };
         let handshake = wire::is_handshake_type(header.msg_type);
@@ -392,11 +392,7 @@ impl Node {
                 return;
             }
         }
-        match wire::decode(
-            bytes,
-            self.release.protocols,
-            self.cfg.limits.max_message_len,
-        ) {
+        match wire::decode_opened(header, body, self.release.protocols) {
             Err(e) => self.undecodable(from, e),
             Ok(Decoded::Unknown { msg_type, .. }) => {
                 self.metrics.unknown_messages += 1;

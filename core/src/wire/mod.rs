@@ -148,6 +148,11 @@ pub(crate) fn postcard_append<T: serde::Serialize + ?Sized>(value: &T, out: Vec<
 /// Decodes an envelope received by a node that speaks `speaks`.
 pub fn decode(bytes: &[u8], speaks: ProtocolRange, max_len: usize) -> Result<Decoded, Error> {
     let (h, body) = open(bytes, max_len)?;
+    decode_opened(h, body, speaks)
+}
+
+/// Decodes the body of an envelope [`open`] already checked.
+pub fn decode_opened(h: Header, body: &[u8], speaks: ProtocolRange) -> Result<Decoded, Error> {
     let handshake = is_handshake_type(h.msg_type);
     if !handshake && !speaks.contains(h.protocol) {
         return Err(Error::Envelope(format!(

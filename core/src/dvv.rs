@@ -142,6 +142,39 @@ impl VersionVector {
     }
 }
 
+/// Bytes postcard takes for `v` as a varint.
+#[inline]
+pub(crate) fn varint_len(v: u64) -> usize {
+    // 7 bits a byte; zero still takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes postcard takes for a length-prefixed byte string of `len` bytes.
+#[inline]
+pub(crate) fn bytes_len(len: usize) -> usize {
+    varint_len(len as u64) + len
+}
+
+impl Actor {
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        varint_len(self.node.0 as u64) + varint_len(self.epoch as u64)
+    }
+}
+
+impl VersionVector {
+    /// Bytes of this vector's postcard encoding, computed without encoding
+    /// (the encoders size their buffers with it).
+    pub fn encoded_len(&self) -> usize {
+        varint_len(self.entries.len() as u64)
+            + self
+                .entries
+                .iter()
+                .map(|(a, c)| a.encoded_len() + varint_len(*c))
+                .sum::<usize>()
+    }
+}
+
 /// One stored version of a key. `value == None` is a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Sibling {
@@ -164,6 +197,22 @@ pub struct KeyState {
 }
 
 impl KeyState {
+    /// Bytes of this state's postcard encoding, computed without encoding
+    /// (the wire and storage encoders size their buffers with it).
+    pub fn encoded_len(&self) -> usize {
+        let siblings: usize = self
+            .siblings
+            .iter()
+            .map(|s| {
+                s.dot.actor.encoded_len()
+                    + varint_len(s.dot.counter)
+                    + 1
+                    + s.value.as_ref().map_or(0, |v| bytes_len(v.len()))
+            })
+            .sum();
+        varint_len(self.siblings.len() as u64) + siblings + self.context.encoded_len()
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -178,7 +178,7 @@ pub fn restored_marker() -> Bytes {
 /// `record_key`. The checksum covers the record key too, so a valid record
 /// written under the wrong key (a misdirected write) is caught at load.
 pub fn encode_state(schema: u16, record_key: &[u8], state: &KeyState) -> Bytes {
-    let size = postcard::experimental::serialized_size(state).unwrap_or(0);
+    let size = state.encoded_len();
     if schema <= 1 {
         // schema u16 | crc u32 | body
         let out = Vec::with_capacity(6 + size);

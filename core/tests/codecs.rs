@@ -412,6 +412,19 @@ proptest! {
     /// carries it; at every other protocol number (0 to one past the newest)
     /// and for every release, the decoder refuses or tolerates it as
     /// specified.
+    /// The sizes the encoders reserve, computed from the fields, are the
+    /// exact encoded sizes (a wrong size would cost a reallocation per
+    /// message, never correctness).
+    #[test]
+    fn computed_sizes_are_exact(m in message(), s in any_key_state()) {
+        prop_assert_eq!(m.body_size(), m.encode_body().len(), "{}", m.name());
+        prop_assert_eq!(s.encoded_len(), postcard::to_allocvec(&s).unwrap().len());
+        prop_assert_eq!(
+            s.context().encoded_len(),
+            postcard::to_allocvec(s.context()).unwrap().len()
+        );
+    }
+
     #[test]
     fn messages_round_trip_at_every_protocol_that_carries_them(m in message()) {
         let entry = MESSAGE_TYPES.iter().find(|t| t.0 == m.msg_type()).copied();

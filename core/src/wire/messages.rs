@@ -203,6 +203,35 @@ pub struct HintBatchAck {
     pub keys: Vec<Bytes>,
 }
 
+impl Message {
+    /// The body size of the most frequent messages, computed from their
+    /// fields instead of by a serialisation pass (see [`Message::body_size`]).
+    fn body_size_fast(&self) -> Option<usize> {
+        use crate::dvv::{bytes_len, varint_len};
+        Some(match self {
+            Message::ReplicaGet(m) => varint_len(m.req) + bytes_len(m.key.len()),
+            Message::ReplicaGetReply(m) => {
+                varint_len(m.req) + bytes_len(m.key.len()) + m.state.encoded_len()
+            }
+            Message::ReplicaPut(m) => {
+                varint_len(m.req) + bytes_len(m.key.len()) + m.state.encoded_len()
+            }
+            Message::ReplicaPutAck(m) => varint_len(m.req) + bytes_len(m.key.len()),
+            Message::ReadRepair(m) => bytes_len(m.key.len()) + m.state.encoded_len(),
+            Message::ReplicaDigest(m) => varint_len(m.req) + bytes_len(m.key.len()),
+            Message::ReplicaDigestReply(m) => {
+                varint_len(m.req) + bytes_len(m.key.len()) + varint_len(m.digest)
+            }
+            Message::AeBuckets(m) => {
+                varint_len(m.partition as u64)
+                    + varint_len(m.buckets.len() as u64)
+                    + m.buckets.iter().map(|&b| varint_len(b)).sum::<usize>()
+            }
+            _ => return None,
+        })
+    }
+}
+
 macro_rules! messages {
     ($( $code:literal => $name:ident (proto $min:literal) ),* $(,)?) => {
         /// Every message this release knows.
@@ -236,6 +265,9 @@ macro_rules! messages {
 
             /// The body's exact encoded size.
             pub fn body_size(&self) -> usize {
+                if let Some(n) = self.body_size_fast() {
+                    return n;
+                }
                 let r = match self { $( Message::$name(m) => postcard::experimental::serialized_size(m), )* };
                 r.unwrap_or(0)
             }

@@ -3,11 +3,12 @@
 //! It turns real events (peer frames, HTTP requests, storage completions,
 //! the clock) into core inputs, and after every input drains
 //! [`Node::poll_output`] until `Output::Timeout`, carrying out each output:
-//! envelopes go to the peer transport, the writes of each drain go to the
-//! storage thread at once (it makes them durable without waiting to be
-//! asked), a sync completes once the storage thread reports every write
+//! envelopes go to the peer transport, the writes go to the storage thread
+//! (it makes them durable without waiting to be asked), a sync completes once the storage thread reports every write
 //! before it durable, replies go back to the waiting HTTP handler, events are
-//! logged, and the timeout becomes the next deadline.
+//! logged, and the timeout becomes the next deadline. Inputs already waiting
+//! when the driver wakes are handled in one round (up to [`MAX_ROUND`]), and
+//! the writes of the whole round go to the storage thread together.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,6 +196,10 @@ pub struct Driver {
 /// Microseconds added to the monotonic clock so time never starts at zero.
 const TIME_BASE: u64 = 1_000_000;
 
+/// Most inputs handled in one round before the driver yields to the tasks
+/// that carry out its outputs (HTTP replies, peer writers).
+const MAX_ROUND: usize = 64;
+
 impl Driver {
     /// Builds the driver around a fresh node. The node's first outputs (the
     /// storage read) are carried out when `run` starts.
@@ -244,6 +249,7 @@ impl Driver {
         mut io_done: mpsc::UnboundedReceiver<Done>,
     ) -> DriverExit {
         self.drain();
+        self.send_writes();
         loop {
             if self.stopped {
                 return DriverExit::Stopped;
@@ -274,6 +280,22 @@ impl Driver {
                     self.input(Input::Timeout(now));
                 }
             }
+            // Whatever else is already waiting joins this round: its writes
+            // go to the storage thread together, and its envelopes reach the
+            // peer queues before their writers run.
+            for _ in 0..MAX_ROUND {
+                if self.stopped || self.halted.is_some() {
+                    break;
+                }
+                if let Ok(done) = io_done.try_recv() {
+                    self.storage_done(done);
+                } else if let Ok(msg) = inbox.try_recv() {
+                    self.handle_msg(msg);
+                } else {
+                    break;
+                }
+            }
+            self.send_writes();
         }
     }
 
@@ -339,7 +361,12 @@ impl Driver {
         }
     }
 
-    /// Hands the writes of this drain to the storage thread, numbered on.
+    /// Writes issued so far, handed to the storage thread or not.
+    fn issued(&self) -> u64 {
+        self.writes_sent + self.pending_writes.len() as u64
+    }
+
+    /// Hands the writes of this round to the storage thread, numbered on.
     fn send_writes(&mut self) {
         if self.pending_writes.is_empty() {
             return;
@@ -370,22 +397,22 @@ impl Driver {
             match self.node.poll_output() {
                 Output::Timeout(at) => {
                     self.deadline = at;
-                    self.send_writes();
                     break;
                 }
                 Output::Send { to, bytes } => self.peers.send(to, bytes),
                 Output::Write { key, value, .. } => self.pending_writes.push((key, value)),
                 Output::Sync { io } => {
-                    // Covers every write issued before it.
-                    self.send_writes();
+                    // Covers every write issued before it; the writes still
+                    // pending go to the storage thread at the end of the round.
+                    let issued = self.issued();
                     if let Some(reason) = &self.storage_failed {
                         self.deferred_io
                             .push((io, IoResult::Failed(reason.clone())));
-                    } else if self.durable >= self.writes_sent {
+                    } else if self.durable >= issued {
                         self.storage_stats.syncs.fetch_add(1, Ordering::Relaxed);
                         self.deferred_io.push((io, IoResult::Synced));
                     } else {
-                        self.syncs.push_back((io, self.writes_sent));
+                        self.syncs.push_back((io, issued));
                     }
                 }
                 Output::Read {

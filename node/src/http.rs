@@ -79,7 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        // One reference count per request instead of one per field.
+        .with_state(Arc::new(state))
 }
 
 /// A failed request: status code, a machine-readable kind and the reason.
@@ -230,7 +231,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 async fn get_key(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> HttpResponse {
@@ -313,7 +314,7 @@ async fn write(st: &AppState, request: Request) -> Result<HttpResponse, ApiError
 }
 
 async fn put_key(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     Path(key): Path<String>,
     headers: HeaderMap,
     body: BodyBytes,
@@ -322,11 +323,17 @@ async fn put_key(
         .kv("put", &headers, async {
             let key = st.key(key)?;
             let context = context_from(&headers)?;
+            // The body is a view into the connection's read buffer (8 KiB or
+            // more); the core keeps the value, so keeping the view would pin
+            // that whole buffer per stored value and make every later read
+            // on the connection allocate (and fault in) a fresh one.
+            let value = Bytes::copy_from_slice(&body);
+            drop(body);
             write(
                 &st,
                 Request::Put {
                     key,
-                    value: body,
+                    value,
                     context,
                 },
             )
@@ -336,7 +343,7 @@ async fn put_key(
 }
 
 async fn delete_key(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> HttpResponse {
@@ -353,7 +360,7 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn ready(State(st): State<AppState>) -> HttpResponse {
+async fn ready(State(st): State<Arc<AppState>>) -> HttpResponse {
     if st.driver.is_ready() {
         return (StatusCode::OK, "ready\n").into_response();
     }
@@ -374,7 +381,7 @@ struct FinalizeQuery {
 }
 
 async fn admin_finalize(
-    State(st): State<AppState>,
+    State(st): State<Arc<AppState>>,
     Query(q): Query<FinalizeQuery>,
     headers: HeaderMap,
 ) -> HttpResponse {
@@ -413,7 +420,7 @@ async fn list_backups(dir: Arc<PathBuf>) -> Vec<crate::backup::Manifest> {
         .unwrap_or_default()
 }
 
-async fn admin_backup(State(st): State<AppState>, headers: HeaderMap) -> HttpResponse {
+async fn admin_backup(State(st): State<Arc<AppState>>, headers: HeaderMap) -> HttpResponse {
     if let Err(e) = st.authorize(&headers) {
         return e.into_response();
     }
@@ -436,7 +443,7 @@ async fn admin_backup(State(st): State<AppState>, headers: HeaderMap) -> HttpRes
     }
 }
 
-async fn admin_backups(State(st): State<AppState>, headers: HeaderMap) -> HttpResponse {
+async fn admin_backups(State(st): State<Arc<AppState>>, headers: HeaderMap) -> HttpResponse {
     if let Err(e) = st.authorize(&headers) {
         return e.into_response();
     }
@@ -448,7 +455,7 @@ async fn admin_backups(State(st): State<AppState>, headers: HeaderMap) -> HttpRe
     .into_response()
 }
 
-async fn metrics(State(st): State<AppState>) -> HttpResponse {
+async fn metrics(State(st): State<Arc<AppState>>) -> HttpResponse {
     let snap = st.driver.snapshot().await;
     (
         [(
@@ -470,7 +477,7 @@ pub fn version_json(release: &cairn_core::version::Release) -> Value {
     })
 }
 
-async fn version(State(st): State<AppState>) -> Json<Value> {
+async fn version(State(st): State<Arc<AppState>>) -> Json<Value> {
     let mut v = match st.driver.snapshot().await {
         Some(s) => version_json(s.release),
         None => version_json(ReleaseId::current().release()),
@@ -581,7 +588,7 @@ pub fn status_json(
     })
 }
 
-async fn status(State(st): State<AppState>) -> HttpResponse {
+async fn status(State(st): State<Arc<AppState>>) -> HttpResponse {
     match st.driver.snapshot().await {
         Some(s) => Json(status_json(
             &s,

@@ -7,7 +7,8 @@
 //! `Content-Length` and chunked request bodies, `Expect: 100-continue`,
 //! `HEAD`. Request heads over 16 KiB are refused (431), bodies over the
 //! value limit too (413); a malformed request gets 400 and the connection
-//! is closed.
+//! is closed, as is one whose request stops arriving halfway for 30 s (an
+//! idle keep-alive connection may wait for its next request indefinitely).
 //!
 //! A request body is handed on as an exact-size copy: the core keeps put
 //! values, and a view into the read buffer would pin the whole buffer.
@@ -31,6 +32,8 @@ const MAX_HEADERS: usize = 64;
 /// A refused body is read and dropped up to this size before the answer,
 /// so the client sees the answer rather than a reset connection.
 const MAX_DISCARD: u64 = 8 << 20;
+/// How long a started request may go without sending anything.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a refused body may take to arrive.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,7 +107,14 @@ async fn connection(mut stream: TcpStream, st: Arc<AppState>) -> std::io::Result
                 );
                 return answer_refusal(&mut stream, &mut out, r).await;
             }
-            if stream.read_buf(&mut buf).await? == 0 {
+            // Waiting for a new request has no limit; a started one must
+            // keep arriving.
+            let n = if buf.is_empty() {
+                stream.read_buf(&mut buf).await?
+            } else {
+                read_more(&mut stream, &mut buf).await?
+            };
+            if n == 0 {
                 return Ok(());
             }
         };
@@ -315,11 +325,20 @@ fn parse_head(raw: &[u8]) -> Result<Head, Refusal> {
     Ok(h)
 }
 
+/// Reads more of a request that has started: 0 at the end of the stream, an
+/// error if nothing arrives for [`READ_TIMEOUT`].
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match tokio::time::timeout(READ_TIMEOUT, stream.read_buf(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Reads until `buf` holds at least `n` bytes.
 async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, n: usize) -> std::io::Result<()> {
     buf.reserve(n.saturating_sub(buf.len()));
     while buf.len() < n {
-        if stream.read_buf(buf).await? == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -335,7 +354,7 @@ async fn discard(stream: &mut TcpStream, buf: &mut BytesMut, mut n: usize) -> st
         if n == 0 {
             return Ok(());
         }
-        if stream.read_buf(buf).await? == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -352,7 +371,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Resul
         if buf.len() > MAX_HEAD {
             return Ok(None);
         }
-        if stream.read_buf(buf).await? == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }

@@ -1,6 +1,4 @@
-//! The client HTTP API: routing ([`route`]) and the handlers, built on
-//! axum's request and response types; [`crate::http1`] serves the
-//! connections.
+//! The client HTTP API (axum).
 //!
 //! | method | path            | answer |
 //! |--------|-----------------|--------|
@@ -32,10 +30,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes as BodyBytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -64,98 +63,24 @@ pub struct AppState {
     pub backups_dir: Arc<PathBuf>,
 }
 
-/// The route of one request: the API's handlers called directly (the
-/// connections are served by [`crate::http1`]). `target` is the request
-/// target (`/path?query`); `body` is complete and within the value limit.
-pub async fn route(
-    st: &Arc<AppState>,
-    method: &Method,
-    target: &str,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HttpResponse {
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if let Some(raw) = path.strip_prefix("/v1/kv/") {
-        let Some(key) = percent_decode(raw) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_key",
-                "key is not valid percent-encoded UTF-8",
-            )
-            .into_response();
-        };
-        let (state, key) = (State(st.clone()), Path(key));
-        return match *method {
-            Method::GET | Method::HEAD => get_key(state, key, headers).await,
-            Method::PUT => put_key(state, key, headers, body).await,
-            Method::DELETE => delete_key(state, key, headers).await,
-            _ => method_not_allowed("GET, HEAD, PUT, DELETE"),
-        };
-    }
-    let state = State(st.clone());
-    let get = matches!(*method, Method::GET | Method::HEAD);
-    let post = *method == Method::POST;
-    match path {
-        "/v1/status" if get => status(state).await,
-        "/v1/version" if get => version(state).await.into_response(),
-        "/health" if get => health().await.into_response(),
-        "/ready" if get => ready(state).await,
-        "/metrics" if get => metrics(state).await,
-        "/v1/admin/backups" if get => admin_backups(state, headers).await,
-        "/v1/admin/backup" if post => admin_backup(state, headers).await,
-        "/v1/admin/finalize" if post => {
-            let query = match target.parse::<Uri>() {
-                Ok(uri) => Query::<FinalizeQuery>::try_from_uri(&uri).ok(),
-                Err(_) => None,
-            };
-            match query {
-                Some(q) => admin_finalize(state, q, headers).await,
-                None => {
-                    error(StatusCode::BAD_REQUEST, "bad_query", "bad query string").into_response()
-                }
-            }
-        }
-        "/v1/status" | "/v1/version" | "/health" | "/ready" | "/metrics" | "/v1/admin/backups" => {
-            method_not_allowed("GET, HEAD")
-        }
-        "/v1/admin/backup" | "/v1/admin/finalize" => method_not_allowed("POST"),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response(),
-    }
-}
-
-fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    let mut resp = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("allowed: {allow}"),
-    )
-    .into_response();
-    resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    resp
-}
-
-/// Decodes `%XX` escapes; None if an escape is malformed or the result is
-/// not UTF-8.
-fn percent_decode(raw: &str) -> Option<String> {
-    if !raw.contains('%') {
-        return Some(raw.to_string());
-    }
-    let b = raw.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.max_value_len;
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/admin/finalize", post(admin_finalize))
+        .route("/v1/admin/backup", post(admin_backup))
+        .route("/v1/admin/backups", get(admin_backups))
+        .route("/v1/status", get(status))
+        .route("/v1/version", get(version))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        // One reference count per request instead of one per field.
+        .with_state(Arc::new(state))
 }
 
 /// A failed request: status code, a machine-readable kind and the reason.
@@ -398,13 +323,17 @@ async fn put_key(
         .kv("put", &headers, async {
             let key = st.key(key)?;
             let context = context_from(&headers)?;
-            // The body is an exact-size copy (see crate::http1): the core
-            // keeps it as the value.
+            // The body is a view into the connection's read buffer (8 KiB or
+            // more); the core keeps the value, so keeping the view would pin
+            // that whole buffer per stored value and make every later read
+            // on the connection allocate (and fault in) a fresh one.
+            let value = Bytes::copy_from_slice(&body);
+            drop(body);
             write(
                 &st,
                 Request::Put {
                     key,
-                    value: body,
+                    value,
                     context,
                 },
             )

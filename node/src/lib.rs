@@ -19,7 +19,6 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod http;
-pub mod http1;
 pub mod local_cluster;
 pub mod metrics;
 pub mod offline;

@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, LogFormat};
 use crate::driver::{self, Driver, DriverExit};
-use crate::http::AppState;
-use crate::http1;
+use crate::http::{self, AppState};
 use crate::metrics::NodeMetrics;
 use crate::peers::{self, TransportConfig, TransportStats};
 use crate::storage::{self, Storage, StorageStats};
@@ -108,7 +107,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         storage_stats,
         transport_stats.clone(),
     ));
-    let app = AppState {
+    let app = http::router(AppState {
         driver: handle.clone(),
         metrics,
         transport: transport_stats,
@@ -117,8 +116,12 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         max_key_len: limits.max_key_len,
         max_value_len: limits.max_value_len,
         backups_dir: Arc::new(cfg.backups_dir()),
-    };
-    let http_task = tokio::spawn(http1::serve(http_listener, app));
+    });
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
 
     let exit = tokio::select! {
         r = &mut driver_task => r.unwrap_or(DriverExit::Closed),

@@ -4,7 +4,7 @@
 //! Storage proper is outside the core: every change here is mirrored by a
 //! `Write` output, and durability is tracked by [`super::durability`].
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{btree_map, BTreeMap};
 use alloc::vec::Vec;
 use bytes::Bytes;
 
@@ -44,35 +44,45 @@ impl Store {
     }
 
     /// Replaces (or with `None`, removes) a key's state, keeping the Merkle
-    /// tree and tombstone bookkeeping in step.
+    /// tree and tombstone bookkeeping in step. One search of the key map.
     pub fn set(&mut self, ring: &Ring, key: &Bytes, state: Option<KeyState>, now: Time) {
         let partition = ring.partition_of(key);
-        let old = self.keys.get(key).map(|e| e.digest);
         match state {
             Some(state) if !state.is_empty() => {
                 let digest = state.digest();
+                let tombstone_only = state.is_tombstone_only();
+                let entry = Entry {
+                    state,
+                    digest,
+                    partition,
+                };
+                let old = match self.keys.entry(key.clone()) {
+                    btree_map::Entry::Occupied(mut o) => {
+                        Some(core::mem::replace(o.get_mut(), entry).digest)
+                    }
+                    btree_map::Entry::Vacant(v) => {
+                        v.insert(entry);
+                        None
+                    }
+                };
                 self.trees[partition as usize].update(key, old, Some(digest));
-                if state.is_tombstone_only() {
-                    // Age counts from the last change: a newer tombstone
-                    // restarts the grace period.
-                    self.tombstones.insert(key.clone(), now);
-                } else {
-                    self.tombstones.remove(key);
-                }
-                self.keys.insert(
-                    key.clone(),
-                    Entry {
-                        state,
-                        digest,
-                        partition,
-                    },
-                );
+                self.note_tombstone(key, tombstone_only, now);
             }
             _ => {
+                let old = self.keys.remove(key).map(|e| e.digest);
                 self.trees[partition as usize].update(key, old, None);
-                self.tombstones.remove(key);
-                self.keys.remove(key);
+                self.note_tombstone(key, false, now);
             }
+        }
+    }
+
+    /// Tombstone-only states age from their last change (a newer tombstone
+    /// restarts the grace period); other keys are not tracked.
+    fn note_tombstone(&mut self, key: &Bytes, tombstone_only: bool, now: Time) {
+        if tombstone_only {
+            self.tombstones.insert(key.clone(), now);
+        } else if !self.tombstones.is_empty() {
+            self.tombstones.remove(key);
         }
     }
 
@@ -97,13 +107,10 @@ impl Store {
         }
         let digest = entry.state.digest();
         let partition = entry.partition;
+        let tombstone_only = entry.state.is_tombstone_only();
         self.trees[partition as usize].update(key, Some(entry.digest), Some(digest));
         entry.digest = digest;
-        if entry.state.is_tombstone_only() {
-            self.tombstones.insert(key.clone(), now);
-        } else {
-            self.tombstones.remove(key);
-        }
+        self.note_tombstone(key, tombstone_only, now);
         true
     }
 

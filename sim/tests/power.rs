@@ -19,9 +19,7 @@ const BUDGETS: &[(&str, u64, &[&str])] = &[
     (
         "read-repair-overwrites",
         8,
-        // An overwrite can also destroy a durable copy of a write between
-        // the replica's acknowledgement and the client's.
-        &["lost-ack", "stale-read", "antichain", "ack-durable"],
+        &["lost-ack", "stale-read", "antichain"],
     ),
     ("reap-without-quorum", 24, &["stale-read", "lost-ack"]),
     ("drop-hints-for-down-targets", 8, &["hint-durable"]),

@@ -440,6 +440,59 @@ fn anti_entropy_repairs_a_replica_that_lost_its_data() {
     assert_eq!(n3.keys().count(), 20);
 }
 
+/// The cluster version a node's durable metadata names.
+fn durable_cluster_version(c: &Cluster, id: u32) -> String {
+    let meta = &c.disks[&NodeId(id)].durable[cairn_core::storage::META_KEY];
+    match cairn_core::storage::decode_record(cairn_core::storage::META_KEY, meta) {
+        Ok(cairn_core::storage::Record::Meta(m)) => m.cluster_version,
+        other => panic!("metadata record: {other:?}"),
+    }
+}
+
+#[test]
+fn a_shutdown_while_a_cluster_version_persists_keeps_it() {
+    // All on 0.2.0, cluster version still 0.1.0.
+    let mut c = Cluster::with_release(3, release("0.1.0"));
+    for id in 1..=3 {
+        c.restart_as(id, release("0.2.0"));
+    }
+    c.run_for(2000);
+    assert_eq!(durable_cluster_version(&c, 2), "0.1.0");
+    c.finalize(1, "0.2.0");
+    // Deliver node 2's inputs one by one; as soon as its metadata names
+    // 0.2.0 on disk (persisted, not yet acted on), ask it to shut down.
+    let mut shut = false;
+    for _ in 0..10_000 {
+        let Some((to, input)) = c.queue.pop_front() else {
+            c.run_for(1);
+            continue;
+        };
+        if let Some(Some(node)) = c.nodes.get_mut(&to) {
+            node.handle_input(input);
+            c.drain(to);
+        }
+        if !shut && durable_cluster_version(&c, 2) == "0.2.0" {
+            assert_eq!(c.node(2).cluster_version(), release("0.1.0"));
+            c.queue
+                .push_front((NodeId(2), Input::Shutdown { now: c.now }));
+            shut = true;
+        }
+        if shut && c.queue.is_empty() {
+            break;
+        }
+    }
+    assert!(shut, "node 2 never persisted 0.2.0");
+    assert_eq!(
+        durable_cluster_version(&c, 2),
+        "0.2.0",
+        "the shutdown's metadata took the persisted cluster version back"
+    );
+    c.crash(NodeId(2));
+    c.start(NodeId(2));
+    c.run_for(500);
+    assert_eq!(c.node(2).cluster_version(), release("0.2.0"));
+}
+
 fn release(v: &str) -> ReleaseId {
     ReleaseId::by_version(v).unwrap()
 }

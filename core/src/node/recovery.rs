@@ -279,7 +279,16 @@ impl Node {
     }
 
     pub(super) fn write_meta(&mut self, clean: bool) {
-        self.write_meta_with(clean, self.schema, self.cluster_version);
+        self.write_meta_with(clean, self.schema, self.committed_cluster_version());
+    }
+
+    /// The cluster version the metadata must name: the active one, or a
+    /// higher one already persisted and waiting to become active. Metadata
+    /// written meanwhile (a clean shutdown, a restart's, a migration's
+    /// switch) must not take that persisted version back.
+    pub(super) fn committed_cluster_version(&self) -> ReleaseId {
+        self.pending_cluster_version
+            .map_or(self.cluster_version, |p| p.max(self.cluster_version))
     }
 
     pub(super) fn write_meta_with(&mut self, clean: bool, schema: u16, cv: ReleaseId) {

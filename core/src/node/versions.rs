@@ -389,7 +389,7 @@ impl Node {
                     if let Some(m) = self.migration.as_mut() {
                         m.step = Step::Switching;
                     }
-                    self.write_meta_with(false, to, self.cluster_version);
+                    self.write_meta_with(false, to, self.committed_cluster_version());
                 }
                 self.after_durable(Deferred::Migrate);
             }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
+use crate::wire::{bytes_len, varint_len};
 
 /// The issuer of dots: one incarnation of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -140,19 +141,6 @@ impl VersionVector {
     pub fn is_well_formed(&self) -> bool {
         self.entries.windows(2).all(|w| w[0].0 < w[1].0) && self.entries.iter().all(|e| e.1 > 0)
     }
-}
-
-/// Bytes postcard takes for `v` as a varint.
-#[inline]
-pub(crate) fn varint_len(v: u64) -> usize {
-    // 7 bits a byte; zero still takes one byte.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// Bytes postcard takes for a length-prefixed byte string of `len` bytes.
-#[inline]
-pub(crate) fn bytes_len(len: usize) -> usize {
-    varint_len(len as u64) + len
 }
 
 impl Actor {

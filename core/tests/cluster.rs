@@ -451,12 +451,7 @@ fn durable_cluster_version(c: &Cluster, id: u32) -> String {
 
 #[test]
 fn a_shutdown_while_a_cluster_version_persists_keeps_it() {
-    // All on 0.2.0, cluster version still 0.1.0.
-    let mut c = Cluster::with_release(3, release("0.1.0"));
-    for id in 1..=3 {
-        c.restart_as(id, release("0.2.0"));
-    }
-    c.run_for(2000);
+    let mut c = upgraded_to_0_2_unfinalized();
     assert_eq!(durable_cluster_version(&c, 2), "0.1.0");
     c.finalize(1, "0.2.0");
     // Deliver node 2's inputs one by one; as soon as its metadata names
@@ -491,6 +486,17 @@ fn a_shutdown_while_a_cluster_version_persists_keeps_it() {
     c.start(NodeId(2));
     c.run_for(500);
     assert_eq!(c.node(2).cluster_version(), release("0.2.0"));
+}
+
+/// Three nodes that started on 0.1.0 and were each restarted on 0.2.0; the
+/// cluster version is still 0.1.0.
+fn upgraded_to_0_2_unfinalized() -> Cluster {
+    let mut c = Cluster::with_release(3, release("0.1.0"));
+    for id in 1..=3 {
+        c.restart_as(id, release("0.2.0"));
+    }
+    c.run_for(2000);
+    c
 }
 
 fn release(v: &str) -> ReleaseId {
@@ -590,11 +596,7 @@ fn rollback_before_finalization_loses_nothing() {
 
 #[test]
 fn downgrade_after_finalization_is_refused() {
-    let mut c = Cluster::with_release(3, release("0.1.0"));
-    for id in 1..=3 {
-        c.restart_as(id, release("0.2.0"));
-    }
-    c.run_for(2000);
+    let mut c = upgraded_to_0_2_unfinalized();
     assert_eq!(
         c.finalize(1, "0.2.0"),
         Response::Finalized {

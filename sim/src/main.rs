@@ -11,23 +11,26 @@
 //! A sweep exits with the most severe code among its seeds, ranked
 //! 1 > 3 > 2 > 4.
 
+use std::alloc::{GlobalAlloc, Layout};
+
 /// mimalloc, entered through `mi_malloc` whenever the layout allows (as
 /// std's own system allocator does with `malloc`): `MiMalloc` always takes
 /// the aligned entry point, which costs about twice as many instructions and
 /// the simulator allocates several times per event.
 struct Allocator;
 
-use std::alloc::{GlobalAlloc, Layout};
-
-/// Every mimalloc block is aligned to this much (or to its size, when smaller).
-const MIN_ALIGN: usize = 16;
+/// Whether mimalloc's plain entry points meet `align` for a block of `size`
+/// bytes: every block is aligned to 16 bytes, or to its size when smaller.
+#[inline]
+fn plain(align: usize, size: usize) -> bool {
+    align <= 16 && align <= size
+}
 
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
-            // SAFETY: forwarded to mimalloc's malloc, whose blocks meet
-            // this alignment.
+        if plain(layout.align(), layout.size()) {
+            // SAFETY: mimalloc's malloc; its blocks meet this alignment.
             unsafe { libmimalloc_sys::mi_malloc(layout.size()).cast() }
         } else {
             // SAFETY: as in `MiMalloc`.
@@ -37,7 +40,7 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
+        if plain(layout.align(), layout.size()) {
             // SAFETY: as in `alloc`.
             unsafe { libmimalloc_sys::mi_zalloc(layout.size()).cast() }
         } else {
@@ -54,7 +57,7 @@ unsafe impl GlobalAlloc for Allocator {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
+        if plain(layout.align(), new_size) {
             // SAFETY: as in `alloc`; `ptr` came from mimalloc.
             unsafe { libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast() }
         } else {

@@ -207,18 +207,18 @@ impl Message {
     /// The body size of the most frequent messages, computed from their
     /// fields instead of by a serialisation pass (see [`Message::body_size`]).
     fn body_size_fast(&self) -> Option<usize> {
-        use crate::dvv::{bytes_len, varint_len};
+        use super::{bytes_len, varint_len};
         Some(match self {
-            Message::ReplicaGet(m) => varint_len(m.req) + bytes_len(m.key.len()),
-            Message::ReplicaGetReply(m) => {
-                varint_len(m.req) + bytes_len(m.key.len()) + m.state.encoded_len()
+            Message::ReplicaGet(ReplicaGet { req, key })
+            | Message::ReplicaPutAck(ReplicaPutAck { req, key })
+            | Message::ReplicaDigest(ReplicaDigest { req, key }) => {
+                varint_len(*req) + bytes_len(key.len())
             }
-            Message::ReplicaPut(m) => {
-                varint_len(m.req) + bytes_len(m.key.len()) + m.state.encoded_len()
+            Message::ReplicaGetReply(ReplicaGetReply { req, key, state })
+            | Message::ReplicaPut(ReplicaPut { req, key, state }) => {
+                varint_len(*req) + bytes_len(key.len()) + state.encoded_len()
             }
-            Message::ReplicaPutAck(m) => varint_len(m.req) + bytes_len(m.key.len()),
             Message::ReadRepair(m) => bytes_len(m.key.len()) + m.state.encoded_len(),
-            Message::ReplicaDigest(m) => varint_len(m.req) + bytes_len(m.key.len()),
             Message::ReplicaDigestReply(m) => {
                 varint_len(m.req) + bytes_len(m.key.len()) + varint_len(m.digest)
             }

@@ -145,6 +145,19 @@ pub(crate) fn postcard_append<T: serde::Serialize + ?Sized>(value: &T, out: Vec<
         .expect("in-memory serialisation cannot fail")
 }
 
+/// Bytes postcard takes for `v` as a varint.
+#[inline]
+pub(crate) fn varint_len(v: u64) -> usize {
+    // 7 bits a byte; zero still takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes postcard takes for a length-prefixed byte string of `len` bytes.
+#[inline]
+pub(crate) fn bytes_len(len: usize) -> usize {
+    varint_len(len as u64) + len
+}
+
 /// Decodes an envelope received by a node that speaks `speaks`.
 pub fn decode(bytes: &[u8], speaks: ProtocolRange, max_len: usize) -> Result<Decoded, Error> {
     let (h, body) = open(bytes, max_len)?;

@@ -5,7 +5,8 @@
 //!   release: epoch, dot counter, clean-shutdown flag, live schema, cluster
 //!   version.
 //! - `p`: progress of a schema migration ([`Progress`]), frozen format.
-//! - `r`: written by an offline restore from backup ([`RESTORED_KEY`]).
+//! - `r`: written by an offline restore from backup, kept until the node has
+//!   re-synced with its replicas ([`RESTORED_KEY`]).
 //! - `d` + schema + …: a key's replicated state ([`KeyState`]).
 //!   Schemas 1 and 2: `d | schema | user key`. Schema 3:
 //!   `d | 3 | partition (u16 BE) | user key`, so one partition is one
@@ -39,8 +40,10 @@ pub const SCHEMAS: core::ops::RangeInclusive<u16> = 1..=3;
 
 pub const META_KEY: &[u8] = b"m";
 pub const PROGRESS_KEY: &[u8] = b"p";
-/// Present after an offline restore from backup: the node must learn its last
-/// epoch from its peers before issuing a dot.
+/// Present after an offline restore from backup until the node has re-synced:
+/// it must learn its last epoch from its peers before issuing a dot, and
+/// compare its data with every replica before answering reads. A restart
+/// before the re-sync completes starts both over.
 pub const RESTORED_KEY: &[u8] = b"r";
 const DATA: u8 = b'd';
 const HINT: u8 = b'h';

@@ -234,6 +234,27 @@ impl Cluster {
         self.run_for(1000);
     }
 
+    /// Crashes a node, replaces its disk by its first backup as an offline
+    /// restore does (restore marker included) and starts it.
+    fn restore_first_backup(&mut self, id: u32) {
+        let id = NodeId(id);
+        self.crash(id);
+        let snapshot = self.backups[&id][0].1.clone();
+        let disk = self.disks.get_mut(&id).unwrap();
+        disk.durable = snapshot;
+        disk.durable.insert(
+            Bytes::from_static(cairn_core::storage::RESTORED_KEY),
+            cairn_core::storage::restored_marker(),
+        );
+        self.start(id);
+    }
+
+    fn has_restore_marker(&self, id: u32) -> bool {
+        self.disks[&NodeId(id)]
+            .durable
+            .contains_key(cairn_core::storage::RESTORED_KEY)
+    }
+
     fn admin(&mut self, at: u32, command: AdminCommand) -> Response {
         self.submit(NodeId(at), |now, id| Input::Admin { now, id, command })
     }
@@ -632,15 +653,7 @@ fn restore_from_backup_learns_its_epochs_from_peers() {
         );
     }
     let used = c.node(2).epoch();
-    c.crash(NodeId(2));
-    let snapshot = c.backups[&NodeId(2)][0].1.clone();
-    let disk = c.disks.get_mut(&NodeId(2)).unwrap();
-    disk.durable = snapshot;
-    disk.durable.insert(
-        Bytes::from_static(cairn_core::storage::RESTORED_KEY),
-        cairn_core::storage::restored_marker(),
-    );
-    c.start(NodeId(2));
+    c.restore_first_backup(2);
     c.run_for(3000);
     let n2 = c.node(2);
     assert!(n2.is_serving(), "{:?}", n2.phase());
@@ -653,6 +666,60 @@ fn restore_from_backup_learns_its_epochs_from_peers() {
         .events
         .iter()
         .any(|(n, e)| *n == NodeId(2) && matches!(e, Event::EpochLearned { .. })));
+}
+
+#[test]
+fn a_restart_before_the_resync_completes_resyncs_again() {
+    let mut c = Cluster::new(3);
+    assert!(matches!(
+        c.admin(2, AdminCommand::Backup),
+        Response::BackedUp { .. }
+    ));
+    // A delete acknowledged after the backup: the restored copy lacks it.
+    let (_, ctx) = c.get(1, "k");
+    assert_eq!(c.put(1, "k", "v", ctx), Response::Written);
+    let (_, ctx) = c.get(1, "k");
+    assert_eq!(
+        c.request(
+            NodeId(1),
+            Request::Delete {
+                key: b("k"),
+                context: ctx,
+            }
+        ),
+        Response::Written
+    );
+    c.restore_first_backup(2);
+    // Let it learn its epoch, then keep node 3 out of reach so the re-sync
+    // cannot complete.
+    for _ in 0..3000 {
+        c.run_for(1);
+        if c.events
+            .iter()
+            .any(|(n, e)| *n == NodeId(2) && matches!(e, Event::EpochLearned { .. }))
+        {
+            break;
+        }
+    }
+    c.cut = vec![(NodeId(2), NodeId(3)), (NodeId(3), NodeId(2))];
+    c.run_for(3000);
+    assert!(c.has_restore_marker(2), "marker dropped before the re-sync");
+    // A clean restart before the re-sync completes: the node must not serve
+    // reads from its restored data.
+    c.restart_as(2, ReleaseId::current());
+    c.run_for(3000);
+    assert!(c.has_restore_marker(2));
+    assert!(!c.node(2).is_serving(), "{:?}", c.node(2).phase());
+    assert!(matches!(
+        c.request(NodeId(2), Request::Get { key: b("k") }),
+        Response::Error(_)
+    ));
+    // Once node 3 is reachable the node rejoins, re-syncs and serves.
+    c.cut.clear();
+    c.run_for(20_000);
+    assert!(c.node(2).is_serving(), "{:?}", c.node(2).phase());
+    assert!(!c.has_restore_marker(2), "marker kept after the re-sync");
+    assert!(c.get(2, "k").0.is_empty(), "the delete is lost");
 }
 
 #[test]

@@ -136,9 +136,7 @@ impl Node {
             // The peer's tree equals ours.
             if let Some(pending) = self.resync.as_mut() {
                 pending.remove(&(m.partition, from));
-                if pending.is_empty() {
-                    self.resync = None;
-                }
+                self.resync_progress();
             }
             return;
         }

@@ -336,7 +336,8 @@ impl Node {
         self.next_counter = 1;
         self.restored = false;
         self.write_meta(false);
-        self.write_record(Bytes::from_static(storage::RESTORED_KEY), None);
+        // The restore marker stays until the re-sync completes: a restart
+        // before then must not serve reads from the restored data.
         self.emit(Event::EpochLearned { epoch });
         let me = self.cfg.id;
         let pairs: BTreeSet<(u16, NodeId)> = self
@@ -350,9 +351,19 @@ impl Node {
                     .map(move |&r| (p, r))
             })
             .collect();
-        self.resync = (!pairs.is_empty()).then_some(pairs);
+        self.resync = Some(pairs);
+        self.resync_progress();
         self.phase = Phase::Recovering;
         self.after_durable(Deferred::Serve);
+    }
+
+    /// Ends the re-sync after a restore once every (partition, replica)
+    /// pair has been found equal, and drops the restore marker with it.
+    pub(super) fn resync_progress(&mut self) {
+        if self.resync.as_ref().is_some_and(|p| p.is_empty()) {
+            self.resync = None;
+            self.write_record(Bytes::from_static(storage::RESTORED_KEY), None);
+        }
     }
 
     /// Peers a restored node still waits for.

@@ -25,12 +25,15 @@ pub fn leaf(key: &[u8], state_digest: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MerkleTree {
     buckets: Vec<u64>,
+    /// Keys in the tree: an empty partition has nothing to offer a peer.
+    keys: usize,
 }
 
 impl Default for MerkleTree {
     fn default() -> Self {
         MerkleTree {
             buckets: vec![0; BUCKETS],
+            keys: 0,
         }
     }
 }
@@ -46,6 +49,16 @@ impl MerkleTree {
         if let Some(n) = new {
             self.buckets[b] ^= leaf(key, n);
         }
+        match (old, new) {
+            (None, Some(_)) => self.keys += 1,
+            (Some(_), None) => self.keys = self.keys.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    /// Whether no key is in the tree.
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
     }
 
     pub fn buckets(&self) -> &[u64] {
@@ -94,7 +107,9 @@ mod tests {
         let empty = MerkleTree::default();
         let mut c = MerkleTree::default();
         c.update(b"x", None, Some(9));
+        assert!(!c.is_empty());
         c.update(b"x", Some(9), None);
         assert_eq!(c, empty);
+        assert!(c.is_empty() && empty.is_empty());
     }
 }

@@ -1,7 +1,11 @@
 //! Merkle-tree anti-entropy and tombstone reaping.
 //!
-//! Every `anti_entropy_interval` a node picks one partition it replicates and
-//! one other live replica of it, and they compare trees:
+//! Every `anti_entropy_interval` a node takes the next few partitions it
+//! replicates and compares, for each it holds keys in, its tree with every
+//! other live replica of it. A partition it holds nothing in is left to the
+//! replicas that do (an exchange syncs both sides), so a replica that lost
+//! its data hears from every replica that has some within one cycle, and a
+//! partition nobody holds keys in costs no messages. An exchange:
 //! 1. initiator -> peer: bucket hashes ([`wire::AeBuckets`]);
 //! 2. peer -> initiator: its keys and digests in the buckets that differ
 //!    ([`wire::AeKeys`]);
@@ -41,7 +45,8 @@ const REAP_PER_ROUND: usize = 32;
 
 impl Node {
     /// Starts exchanges for the next few partitions this node replicates,
-    /// round-robin, each with a random live replica.
+    /// round-robin: for each it holds keys in, one with every other live
+    /// replica.
     pub(super) fn anti_entropy_round(&mut self) {
         let me = self.cfg.id;
         let mine: Vec<u16> = self.ring.partitions_of(me).collect();
@@ -69,6 +74,13 @@ impl Node {
         for _ in 0..AE_PARTITIONS_PER_ROUND.min(mine.len()) {
             let partition = mine[self.ae_cursor % mine.len()];
             self.ae_cursor = self.ae_cursor.wrapping_add(1);
+            let tree = &self.store.trees[partition as usize];
+            if tree.is_empty() {
+                // Nothing to offer: every replica holding keys here starts
+                // exchanges from its side, and an exchange syncs both ways.
+                continue;
+            }
+            let buckets = tree.buckets().to_vec();
             let peers: Vec<NodeId> = self
                 .ring
                 .preference(partition)
@@ -76,14 +88,9 @@ impl Node {
                 .copied()
                 .filter(|&p| p != me && self.peer_usable(p))
                 .collect();
-            if peers.is_empty() {
-                continue;
-            }
-            let peer = peers[self.random_index(peers.len())];
-            self.metrics.anti_entropy_rounds += 1;
-            let buckets = self.store.trees[partition as usize].buckets().to_vec();
-            self.send(
-                peer,
+            self.metrics.anti_entropy_rounds += peers.len() as u64;
+            self.send_each(
+                &peers,
                 Message::AeBuckets(wire::AeBuckets { partition, buckets }),
             );
         }

@@ -48,8 +48,11 @@ pub const RESTORED_KEY: &[u8] = b"r";
 const DATA: u8 = b'd';
 const HINT: u8 = b'h';
 
-/// Payloads larger than this are compressed (schemas 2 and 3).
-const COMPRESS_OVER: usize = 128;
+/// Payloads larger than this are compressed (schemas 2 and 3). Below it a
+/// zstd frame saves a few bytes at best and costs a compression context per
+/// record; the codec byte lets readers take either form, so the threshold
+/// can change without a migration.
+const COMPRESS_OVER: usize = 512;
 /// Largest decompressed payload accepted: protects against corrupt input.
 const MAX_PAYLOAD: usize = 64 << 20;
 

@@ -40,6 +40,10 @@ pub struct Timing {
     /// How long a coordinator keeps collecting replies after answering a read,
     /// for read repair.
     pub read_repair_window: Duration,
+    /// A read asks R replicas first; the other replicas are asked only if the
+    /// read has no quorum after this long (a slow, partitioned or crashed
+    /// replica not yet known to be down).
+    pub read_hedge_after: Duration,
     pub gossip_interval: Duration,
     /// A peer whose heartbeat has not advanced for this long is judged down.
     pub peer_down_after: Duration,
@@ -61,6 +65,7 @@ impl Default for Timing {
             hint_after: Duration::from_millis(400),
             hint_retry: Duration::from_millis(500),
             read_repair_window: Duration::from_millis(300),
+            read_hedge_after: Duration::from_millis(10),
             gossip_interval: Duration::from_millis(200),
             peer_down_after: Duration::from_millis(1500),
             anti_entropy_interval: Duration::from_millis(500),

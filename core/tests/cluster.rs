@@ -335,6 +335,35 @@ fn write_on_one_node_read_on_another() {
 }
 
 #[test]
+fn a_read_asks_r_replicas_and_hedges_to_the_rest_when_one_is_silent() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    c.run_for(100);
+    // Healthy: R replicas answer, nobody else is asked.
+    assert_eq!(c.get(1, "k").0, vec![b("v")]);
+    assert_eq!(c.node(1).metrics().read_hedges, 0);
+    // The first peer node 1 asks drops everything from it, but is not (yet)
+    // judged down: the read asks the third replica after the hedge delay.
+    let first = *c
+        .node(1)
+        .ring()
+        .replicas_of(b"k")
+        .iter()
+        .find(|&&r| r != NodeId(1))
+        .unwrap();
+    c.cut = vec![(NodeId(1), first)];
+    let before = c.now;
+    assert_eq!(c.get(1, "k").0, vec![b("v")]);
+    let took = c.now.as_micros() - before.as_micros();
+    assert_eq!(c.node(1).metrics().read_hedges, 1);
+    let timing = cairn_core::config::Timing::default();
+    assert!(
+        took < timing.read_hedge_after.0 + 50_000 && took < timing.request_timeout.0,
+        "the hedged read took {took} us"
+    );
+}
+
+#[test]
 fn concurrent_writes_become_siblings_and_a_context_resolves_them() {
     let mut c = Cluster::new(3);
     assert_eq!(c.put(1, "k", "a", VersionVector::new()), Response::Written);

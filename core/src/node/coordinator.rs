@@ -1,9 +1,12 @@
 //! Coordinating client requests.
 //!
 //! Reads are coordinated by whichever node receives them: the state is asked
-//! of all N replicas, the client is answered once R have replied (merged, so
-//! concurrent siblings survive), and replies arriving within the read-repair
-//! window are used to repair stale replicas. Writes are coordinated by a
+//! of R replicas (the coordinator first when it is one, then peers believed
+//! up), and of the other replicas only when those leave the read without a
+//! quorum for `read_hedge_after`. The client is answered once R have replied
+//! (merged, so concurrent siblings survive), and the replies, including any
+//! arriving within the read-repair window, are used to repair stale replicas;
+//! anti-entropy reaches the replicas a read did not ask. Writes are coordinated by a
 //! replica of the key, because only a replica knows the key's history well
 //! enough to issue a fresh dot: a node that is not a replica forwards the
 //! write. The coordinator applies the write locally, ships the new state to
@@ -44,6 +47,11 @@ pub(crate) struct GetOp {
     full_digests: Vec<u64>,
     /// Replicas asked again for their full state after a digest mismatch.
     refetching: Vec<NodeId>,
+    /// Replicas not asked yet: asked only if the first R leave the read
+    /// without a quorum for `read_hedge_after`.
+    spare: Vec<NodeId>,
+    /// The replicas speak digest reads.
+    digests: bool,
     merged: KeyState,
     answered: bool,
     started: Time,
@@ -65,8 +73,9 @@ impl GetOp {
             .count()
     }
 
+    /// Every replica asked has answered in full or with a known digest.
     fn complete(&self) -> bool {
-        self.replies.len() == self.replicas.len() && self.refetching.is_empty()
+        self.replies.len() + self.spare.len() == self.replicas.len() && self.refetching.is_empty()
     }
 }
 
@@ -272,38 +281,63 @@ impl Node {
         );
     }
 
+    /// Starts a read. It asks R replicas (ourselves first when we are one,
+    /// then peers believed up) and keeps the others in reserve: they are
+    /// asked only when the first ones leave the read without a quorum for
+    /// `read_hedge_after`. One replica sends its full state, the others a
+    /// digest of theirs, once the whole cluster speaks protocol 3.
     fn start_get(&mut self, client: Client, key: Bytes) {
+        let me = self.cfg.id;
         let replicas: Vec<NodeId> = self.ring.replicas_of(&key).to_vec();
+        let mut order = replicas.clone();
+        // Stable: preference order within each class.
+        order.sort_by_key(|&r| (r != me, r != me && !self.peer_usable(r)));
+        let first = (self.cfg.quorum.r as usize).clamp(1, order.len().max(1));
+        let spare = order.split_off(first.min(order.len()));
+        let digests = self.feature_active(Feature::DigestReads)
+            && replicas
+                .iter()
+                .all(|&r| r == me || self.peer_protocol(r) >= Feature::DigestReads.min_protocol());
         let req = self.fresh_req();
+        let hedge = if spare.is_empty() {
+            self.cfg.timing.request_timeout
+        } else {
+            self.cfg.timing.read_hedge_after
+        };
         let op = GetOp {
             client,
             key: key.clone(),
-            replicas: replicas.clone(),
-            replies: Vec::with_capacity(replicas.len()),
+            replicas,
+            replies: Vec::with_capacity(order.len() + spare.len()),
             full_digests: Vec::new(),
             refetching: Vec::new(),
+            spare,
+            digests,
             merged: KeyState::new(),
             answered: false,
             started: self.now,
         };
         self.ops.insert(req, Op::Get(op));
-        self.set_deadline(req, self.now + self.cfg.timing.request_timeout);
-        // Digest reads: one full copy (ours if we are a replica), digests
-        // from the rest, once the whole cluster speaks protocol 3.
-        let digests = self.feature_active(Feature::DigestReads)
-            && replicas.iter().all(|&r| {
-                r == self.cfg.id || self.peer_protocol(r) >= Feature::DigestReads.min_protocol()
-            });
-        let full_from = if replicas.contains(&self.cfg.id) {
-            Some(self.cfg.id)
-        } else {
-            replicas.iter().copied().find(|&r| self.peer_usable(r))
-        };
-        for r in replicas {
+        self.set_deadline(req, self.now + hedge);
+        // The first asked sends its full state (ourselves, when a replica).
+        self.ask_replicas(req, &key, &order, digests, true);
+    }
+
+    /// Sends read requests for `key` to `targets`: the first a full read when
+    /// `full_first` (or when digests are off), the rest digest reads.
+    fn ask_replicas(
+        &mut self,
+        req: u64,
+        key: &Bytes,
+        targets: &[NodeId],
+        digests: bool,
+        full_first: bool,
+    ) {
+        for (i, &r) in targets.iter().enumerate() {
             if r == self.cfg.id {
-                let state = self.store.get(&key).cloned().unwrap_or_default();
+                let state = self.store.get(key).cloned().unwrap_or_default();
                 self.get_reply(req, r, state);
-            } else if digests && Some(r) != full_from {
+            } else if digests && !(full_first && i == 0) {
                 self.send(
                     r,
                     Message::ReplicaDigest(wire::ReplicaDigest {
@@ -321,6 +355,20 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// The first replicas asked left the read without a quorum: ask the
+    /// others too (a full read from the first if no full state came yet).
+    fn hedge_get(&mut self, req: u64) {
+        let Some(Op::Get(op)) = self.ops.get_mut(&req) else {
+            return;
+        };
+        let spare = core::mem::take(&mut op.spare);
+        let (key, digests, started) = (op.key.clone(), op.digests, op.started);
+        let full_first = op.full_digests.is_empty();
+        self.metrics.read_hedges += 1;
+        self.set_deadline(req, started + self.cfg.timing.request_timeout);
+        self.ask_replicas(req, &key, &spare, digests, full_first);
     }
 
     pub(super) fn handle_replica_get_reply(&mut self, from: NodeId, m: wire::ReplicaGetReply) {
@@ -597,6 +645,7 @@ impl Node {
     /// An op's deadline passed.
     pub(super) fn op_deadline(&mut self, req: u64) {
         match self.ops.get(&req) {
+            Some(Op::Get(op)) if !op.answered && !op.spare.is_empty() => self.hedge_get(req),
             Some(Op::Get(_)) => self.finish_get(req),
             Some(Op::Put(_)) => self.put_deadline(req),
             Some(Op::Forward(_)) => {

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub hints_delivered: u64,
     pub hints_dropped: u64,
     pub read_repairs: u64,
+    /// Reads that asked their spare replicas after the first R were slow.
+    pub read_hedges: u64,
     pub anti_entropy_rounds: u64,
     pub anti_entropy_keys: u64,
     pub tombstones_reaped: u64,

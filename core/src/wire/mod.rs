@@ -123,7 +123,15 @@ impl postcard::ser_flavors::Flavor for AppendVec {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most runs are varints of a byte or three: pushing them costs less
+        // than a call to memcpy.
+        if data.len() <= 4 {
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

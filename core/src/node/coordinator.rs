@@ -335,8 +335,15 @@ impl Node {
     ) {
         for (i, &r) in targets.iter().enumerate() {
             if r == self.cfg.id {
-                let state = self.store.get(key).cloned().unwrap_or_default();
-                self.get_reply(req, r, state);
+                let (state, digest) = match self.store.keys.get(key) {
+                    Some(e) => (e.state.clone(), e.digest),
+                    None => {
+                        let s = KeyState::new();
+                        let d = s.digest();
+                        (s, d)
+                    }
+                };
+                self.get_reply(req, r, state, Some(digest));
             } else if digests && !(full_first && i == 0) {
                 self.send(
                     r,
@@ -376,7 +383,7 @@ impl Node {
             self.metrics.undecodable += 1;
             return;
         }
-        self.get_reply(m.req, from, m.state);
+        self.get_reply(m.req, from, m.state, None);
     }
 
     pub(super) fn handle_replica_digest(&mut self, from: NodeId, m: wire::ReplicaDigest) {
@@ -425,14 +432,16 @@ impl Node {
         self.get_progress(m.req);
     }
 
-    fn get_reply(&mut self, req: u64, from: NodeId, state: KeyState) {
+    /// A replica's full state for a read (`digest`: the state's digest when
+    /// already known, as for our own copy).
+    fn get_reply(&mut self, req: u64, from: NodeId, state: KeyState, digest: Option<u64>) {
         let Some(Op::Get(op)) = self.ops.get_mut(&req) else {
             return;
         };
         if !op.replicas.contains(&from) {
             return;
         }
-        let digest = state.digest();
+        let digest = digest.unwrap_or_else(|| state.digest());
         match op.replies.iter().position(|r| r.node == from) {
             Some(i) if op.replies[i].full => return,
             Some(i) => {
@@ -452,7 +461,12 @@ impl Node {
         if !op.full_digests.contains(&digest) {
             op.full_digests.push(digest);
         }
-        op.merged.merge(&state);
+        if op.merged.is_empty() && op.merged.context().is_empty() {
+            // The first state: the merge is the state itself.
+            op.merged = state;
+        } else {
+            op.merged.merge(&state);
+        }
         self.get_progress(req);
     }
 

@@ -177,6 +177,21 @@ impl PlantedBugs {
     }
 }
 
+/// What a node starting on an empty data directory may assume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// The node has never run (a new cluster, or a new member): it starts at
+    /// epoch 1 at once.
+    #[default]
+    New,
+    /// The node has run before and its disk was lost or replaced: it may
+    /// have issued dots its peers and clients still hold. Like a node
+    /// restored from backup, it learns from every peer the highest epoch of
+    /// its own they have seen before issuing a dot, and re-syncs with every
+    /// replica before it answers reads.
+    Existing,
+}
+
 /// Everything that configures one node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -189,6 +204,8 @@ pub struct NodeConfig {
     /// ahead of a cluster it joins; set it to the release when bootstrapping
     /// a new cluster.
     pub initial_cluster_version: Option<ReleaseId>,
+    /// What an empty data directory means; see [`InitialClusterState`].
+    pub initial_cluster_state: InitialClusterState,
     pub quorum: Quorum,
     /// Fixed ring partitions (anti-entropy ranges).
     pub partitions: u16,
@@ -209,6 +226,7 @@ impl NodeConfig {
             members,
             release: ReleaseId::current(),
             initial_cluster_version: None,
+            initial_cluster_state: InitialClusterState::New,
             quorum: Quorum::default(),
             partitions: 64,
             vnodes: 16,

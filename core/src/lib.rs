@@ -36,7 +36,7 @@ pub use api::{
     AdminCommand, BackupInfo, ClientError, Context, Event, Input, IoResult, Output, ReadRequest,
     Request, Response,
 };
-pub use config::{Limits, NodeConfig, Quorum, Timing};
+pub use config::{InitialClusterState, Limits, NodeConfig, Quorum, Timing};
 pub use dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
 pub use node::Node;
 pub use types::{Duration, IoId, NodeId, RequestId, Time};

@@ -8,7 +8,8 @@ use cairn_core::api::{Input, IoResult, Output, ReadRequest, Request, Response};
 use cairn_core::node::Phase;
 use cairn_core::version::ReleaseId;
 use cairn_core::{
-    AdminCommand, BackupInfo, Event, Node, NodeConfig, NodeId, RequestId, Time, VersionVector,
+    AdminCommand, BackupInfo, Event, InitialClusterState, Node, NodeConfig, NodeId, RequestId,
+    Time, VersionVector,
 };
 
 struct Disk {
@@ -73,9 +74,14 @@ impl Cluster {
     }
 
     fn start(&mut self, id: NodeId) {
+        self.start_as(id, InitialClusterState::New);
+    }
+
+    fn start_as(&mut self, id: NodeId, state: InitialClusterState) {
         let mut cfg = NodeConfig::new(id, self.members.clone(), 7 + id.0 as u64);
         cfg.release = self.releases[&id];
         cfg.initial_cluster_version = Some(self.initial_cv);
+        cfg.initial_cluster_state = state;
         let node = Node::new(cfg, self.now);
         self.nodes.insert(id, Some(node));
         self.drain(id);
@@ -488,6 +494,49 @@ fn anti_entropy_repairs_a_replica_that_lost_its_data() {
         );
     }
     assert_eq!(n3.keys().count(), 20);
+}
+
+#[test]
+fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
+    let mut c = Cluster::new(3);
+    // Epochs move on, and dots are issued in the last one.
+    for i in 0..3 {
+        c.crash(NodeId(2));
+        c.start(NodeId(2));
+        c.run_for(500);
+        assert_eq!(
+            c.put(2, &format!("k{i}"), "v", VersionVector::new()),
+            Response::Written
+        );
+    }
+    let used = c.node(2).epoch();
+    assert!(used >= 3);
+    // The disk is lost; the operator says the node has run before.
+    c.crash(NodeId(2));
+    c.disks.get_mut(&NodeId(2)).unwrap().durable.clear();
+    c.start_as(NodeId(2), InitialClusterState::Existing);
+    c.run_for(100);
+    assert!(
+        c.has_restore_marker(2),
+        "no marker while the epoch is unknown"
+    );
+    c.run_for(15_000);
+    let n2 = c.node(2);
+    assert!(n2.is_serving(), "{:?}", n2.phase());
+    assert!(
+        n2.epoch() > used,
+        "epoch {} after losing the disk reuses one used before ({used})",
+        n2.epoch()
+    );
+    // Re-synced before serving reads: it holds every key again.
+    assert_eq!(n2.keys().count(), 3);
+    assert!(!c.has_restore_marker(2));
+    // Told it is new instead, a node with an empty disk starts at epoch 1.
+    c.crash(NodeId(3));
+    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.start(NodeId(3));
+    c.run_for(500);
+    assert_eq!(c.node(3).epoch(), 1);
 }
 
 /// The cluster version a node's durable metadata names.

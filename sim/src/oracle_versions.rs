@@ -7,7 +7,7 @@
 //! | `no-early-format`       | every disk write                       | a data or hint record's schema (key namespace and value header) is at most the schema of the highest cluster version any node has persisted, and at most the writer's release schema |
 //! | `migration-keeps-records` | `MigrationFinished`, and the next `MigrationStarted` or `Serving` after an interrupted migration | every key's state contains (merging changes nothing) its durable state when the migration started |
 //! | `cluster-version-monotone` | every `Event::Recovered`            | a node's active cluster version never decreases across restarts |
-//! | `restore-epoch`         | `Event::EpochLearned`, `WriteIssued`   | after a restore, the new epoch is above every epoch the node used before, and no dot is issued before it is learned |
+//! | `restore-epoch`         | `Event::EpochLearned`, `WriteIssued`   | after a restore, the new epoch is above every epoch the node used before (with `--unlimited-faults`: every epoch it issued a dot in), and no dot is issued before it is learned |
 //! | `expectation`           | end of a version scenario              | what the scenario exists for happened            |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,6 +60,8 @@ struct NodeTrack {
     excused: BTreeSet<Bytes>,
     /// The highest epoch this node has used (recovered into, issued dots in).
     max_epoch: u32,
+    /// The highest epoch this node has issued a dot in.
+    max_dot_epoch: u32,
     /// Restored and not yet rejoined: the highest epoch used before.
     restored_from: Option<u32>,
 }
@@ -70,6 +72,12 @@ pub struct VersionOracles {
     /// The highest cluster version any node has persisted.
     max_cv: ReleaseId,
     nodes: Vec<NodeTrack>,
+    /// `restore-epoch` compares a learned epoch with the epochs the node
+    /// issued dots in, not every epoch it took: with the fault atlas lifted
+    /// a node's own metadata, the only record of an epoch it took and never
+    /// announced, may be destroyed. Reusing such an epoch repeats no dot
+    /// (`dot-unique` judges the dots themselves).
+    dot_epochs_only: bool,
 }
 
 impl VersionOracles {
@@ -77,7 +85,13 @@ impl VersionOracles {
         VersionOracles {
             max_cv: initial_cv,
             nodes: vec![NodeTrack::default(); nodes],
+            dot_epochs_only: false,
         }
+    }
+
+    /// With the fault atlas lifted: see `dot_epochs_only`.
+    pub fn judge_epochs_by_dots(&mut self) {
+        self.dot_epochs_only = true;
     }
 
     pub fn max_cluster_version(&self) -> ReleaseId {
@@ -202,6 +216,7 @@ impl VersionOracles {
             ));
         }
         t.max_epoch = t.max_epoch.max(epoch);
+        t.max_dot_epoch = t.max_dot_epoch.max(epoch);
         Ok(())
     }
 
@@ -209,6 +224,11 @@ impl VersionOracles {
     pub fn epoch_learned(&mut self, node: usize, epoch: u32) -> Result<(), Violation> {
         let t = &mut self.nodes[node];
         let before = t.restored_from.take().unwrap_or(t.max_epoch);
+        let before = if self.dot_epochs_only {
+            t.max_dot_epoch
+        } else {
+            before
+        };
         if epoch <= before {
             return Err(Violation::new(
                 "restore-epoch",

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use cairn_core::ring::Ring;
 use cairn_core::{
-    ClientError, Context, Event, Input, IoId, IoResult, Node, NodeConfig, NodeId, Output, Quorum,
-    ReadRequest, Request, RequestId, Response, Time,
+    ClientError, Context, Event, InitialClusterState, Input, IoId, IoResult, Node, NodeConfig,
+    NodeId, Output, Quorum, ReadRequest, Request, RequestId, Response, Time,
 };
 
 use crate::atlas::{Atlas, Chaos};
@@ -707,6 +707,13 @@ impl World {
         cfg.quorum = self.quorum;
         cfg.release = self.versions.release_of(i);
         cfg.initial_cluster_version = Some(self.versions.initial_cluster_version());
+        // Its first start is a new member's; later ones are of a node that
+        // has run (what an operator replacing a lost disk says).
+        cfg.initial_cluster_state = if s.inc > 1 {
+            InitialClusterState::Existing
+        } else {
+            InitialClusterState::New
+        };
         cfg.partitions = self.scenario.ring_partitions;
         cfg.vnodes = self.scenario.vnodes;
         self.scenario.timing.apply(&mut cfg.timing);

@@ -147,9 +147,13 @@ impl Driver {
             Some(u) => build_plan(u, start, &targets, n, &mut nemesis),
             None => Vec::new(),
         };
+        let mut oracles = VersionOracles::new(n, initial_cv);
+        if scenario.disk_faults.unlimited {
+            oracles.judge_epochs_by_dots();
+        }
         Driver {
             kind: spec.as_ref().map(|u| u.kind),
-            oracles: VersionOracles::new(n, initial_cv),
+            oracles,
             releases,
             start,
             targets,

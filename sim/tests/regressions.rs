@@ -7,14 +7,26 @@
 //! Once anti-entropy stopped comparing empty partitions, seed 22 of
 //! `restore-backup` caught a restored node that, restarted before its re-sync
 //! completed, served reads from its restored data (`stale-read`).
+//!
+//! `sweep --scenario faulty-disks --unlimited-faults` found nodes whose disk
+//! lost every record starting again as new nodes at epoch 1 and issuing dots
+//! they had issued before (`dot-unique`, seeds 58, 252, 258, 327 and 331).
+//! A node that has run before now starts with `InitialClusterState::Existing`
+//! and learns its epoch from its peers.
 
 use cairn_sim::scenario::builtin;
 use cairn_sim::{run, Outcome, RunConfig};
 
 fn passes(seed: u64, scenario: &str) {
+    passes_with(seed, scenario, false);
+}
+
+fn passes_with(seed: u64, scenario: &str, unlimited_faults: bool) {
+    let mut scenario_spec = builtin(scenario).expect("built-in scenario");
+    scenario_spec.disk_faults.unlimited = unlimited_faults;
     let report = run(&RunConfig {
         seed,
-        scenario: builtin(scenario).expect("built-in scenario"),
+        scenario: scenario_spec,
         bugs: Vec::new(),
         trace: None,
     });
@@ -34,4 +46,11 @@ fn duplicated_forward_applies_a_write_once() {
 #[test]
 fn a_restored_node_restarted_mid_resync_serves_no_stale_reads() {
     passes(22, "restore-backup");
+}
+
+#[test]
+fn a_node_whose_disk_lost_everything_reissues_no_dot() {
+    for seed in [58, 252, 258, 327, 331] {
+        passes_with(seed, "faulty-disks", true);
+    }
 }

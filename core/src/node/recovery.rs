@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 
 use crate::api::{Event, Output, ReadRequest};
+use crate::config::InitialClusterState;
 use crate::storage::{self, Meta, Progress, Record};
 use crate::types::NodeId;
 use crate::version::ReleaseId;
@@ -216,9 +217,19 @@ impl Node {
                 self.write_record(record_key, None);
             }
         }
-        // Data without (readable) metadata: the epochs this node used are
-        // unknown, so learn them from the peers, as after a restore.
-        let restored = restored || (meta.is_none() && !fresh);
+        // Data without (readable) metadata, or an empty directory of a node
+        // that has run before: the epochs this node used are unknown, so
+        // learn them from the peers, as after a restore. The marker makes a
+        // restart before that completes start over.
+        let lost = (meta.is_none() && !fresh)
+            || (fresh && self.cfg.initial_cluster_state == InitialClusterState::Existing);
+        if lost && !restored {
+            self.write_record(
+                Bytes::from_static(storage::RESTORED_KEY),
+                Some(storage::restored_marker()),
+            );
+        }
+        let restored = restored || lost;
         let clean = matches!(&meta, Some(m) if m.clean) && corrupt == 0 && !restored;
         let reuse_epoch = clean || (self.bugs().reuse_dots_after_crash && !fresh);
         match &meta {

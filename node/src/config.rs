@@ -12,6 +12,7 @@
 //! # log_format = "text"                         (text | json)
 //! # release = "0.2.0"                           (a row of the release table)
 //! # initial_cluster_version = "0.2.0"           (only for an empty data directory)
+//! # initial_cluster_state = "new"               (new | existing: only for an empty data directory)
 //! # backup_retention = 5                        (backups kept in data_dir/backups)
 //!
 //! [quorum]
@@ -30,7 +31,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cairn_core::config::{NodeConfig, Quorum, Timing};
+use cairn_core::config::{InitialClusterState, NodeConfig, Quorum, Timing};
 use cairn_core::version::{ReleaseId, RELEASES};
 use cairn_core::{Duration, NodeId};
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,12 @@ pub struct FileConfig {
     /// runs ahead of the cluster it joins). Set it to the release when
     /// bootstrapping a new cluster.
     pub initial_cluster_version: Option<String>,
+    /// What an empty data directory means: `"new"` (the default) for a
+    /// node that has never run, `"existing"` for a node that has run before
+    /// and lost or replaced its disk. An existing node learns from every
+    /// peer the last epoch it used and re-syncs before serving reads; started
+    /// as new it would issue dots it had issued before.
+    pub initial_cluster_state: Option<String>,
     /// Backups kept in `data_dir/backups`; older ones are pruned after each
     /// backup (default 5).
     pub backup_retention: Option<usize>,
@@ -150,6 +157,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub release: ReleaseId,
     pub initial_cluster_version: Option<ReleaseId>,
+    pub initial_cluster_state: InitialClusterState,
     pub backup_retention: usize,
     pub quorum: Quorum,
     pub timing: Timing,
@@ -238,6 +246,9 @@ impl FileConfig {
         }
         if let Some(v) = env("CAIRN_INITIAL_CLUSTER_VERSION") {
             self.initial_cluster_version = Some(v);
+        }
+        if let Some(v) = env("CAIRN_INITIAL_CLUSTER_STATE") {
+            self.initial_cluster_state = Some(v);
         }
         if let Some(v) = env("CAIRN_BACKUP_RETENTION") {
             self.backup_retention = Some(v.trim().parse().map_err(|_| {
@@ -336,6 +347,16 @@ impl FileConfig {
                 Some(cv)
             }
         };
+        let initial_cluster_state = match self.initial_cluster_state.as_deref() {
+            None | Some("new") => InitialClusterState::New,
+            Some("existing") => InitialClusterState::Existing,
+            Some(v) => {
+                return Err(invalid(
+                    "initial_cluster_state",
+                    format!("{v:?} is neither \"new\" nor \"existing\""),
+                ))
+            }
+        };
         let backup_retention = self.backup_retention.unwrap_or(DEFAULT_BACKUP_RETENTION);
         if backup_retention == 0 {
             return Err(invalid("backup_retention", "must be at least 1"));
@@ -403,6 +424,7 @@ impl FileConfig {
             log_format: self.log_format.unwrap_or_default(),
             release,
             initial_cluster_version,
+            initial_cluster_state,
             backup_retention,
             quorum,
             timing,
@@ -461,6 +483,7 @@ impl Config {
         let mut nc = NodeConfig::new(self.id, self.members.keys().copied().collect(), seed);
         nc.release = self.release;
         nc.initial_cluster_version = self.initial_cluster_version;
+        nc.initial_cluster_state = self.initial_cluster_state;
         nc.quorum = self.quorum;
         nc.timing = self.timing;
         nc
@@ -527,6 +550,15 @@ mod tests {
         assert_eq!(
             field_of(c.validate().unwrap_err()),
             "initial_cluster_version"
+        );
+        let mut c = base();
+        c.initial_cluster_state = Some("rejoin".into());
+        assert_eq!(field_of(c.validate().unwrap_err()), "initial_cluster_state");
+        let mut c = base();
+        c.initial_cluster_state = Some("existing".into());
+        assert_eq!(
+            c.validate().unwrap().node_config(0).initial_cluster_state,
+            InitialClusterState::Existing
         );
         let mut c = base();
         c.backup_retention = Some(0);

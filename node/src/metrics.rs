@@ -110,6 +110,11 @@ const CORE_COUNTERS: &[(&str, &str, CoreField)] = &[
     ),
     ("read_repairs", "Read repairs sent", |m| m.read_repairs),
     (
+        "read_hedges",
+        "Reads that asked their spare replicas after the first R were slow",
+        |m| m.read_hedges,
+    ),
+    (
         "anti_entropy_rounds",
         "Anti-entropy exchanges started",
         |m| m.anti_entropy_rounds,

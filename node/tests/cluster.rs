@@ -877,3 +877,42 @@ fn backup_then_restore_rejoins_and_resyncs() {
     let list = h.client(1).json("/v1/admin/backups").unwrap();
     assert!(list.to_string().contains(&newest), "{list}");
 }
+
+#[test]
+fn a_node_whose_disk_was_lost_rejoins_as_existing_with_a_new_epoch() {
+    let _g = serial();
+    let mut h = Harness::start(3, &|_, _| {});
+    h.cluster.wait_ready(READY).unwrap();
+    h.wait_all_up(READY);
+    for i in 0..20 {
+        h.client(i % 3).put(&format!("k-{i}"), b"v", None).unwrap();
+    }
+    let epoch_before = h.status(1)["epoch"].as_u64().unwrap();
+    // The disk is lost: an empty data directory, and the operator says the
+    // node has run before.
+    h.cluster.kill(1);
+    std::fs::remove_dir_all(h.data_dir(1)).unwrap();
+    h.edit_config(1, |c| c.initial_cluster_state = Some("existing".into()));
+    h.cluster.spawn(1).unwrap();
+    h.cluster.wait_node_ready(1, READY).unwrap();
+    let s = h.status(1);
+    assert!(
+        s["epoch"].as_u64().unwrap() > epoch_before,
+        "a node whose disk was lost reuses an epoch: {s}"
+    );
+    // It re-syncs from the replicas, then serves reads again.
+    wait_for("node 2 to re-sync", Duration::from_secs(30), || {
+        key_count(&h, 1) == Some(20)
+    });
+    wait_for(
+        "node 2 to serve reads again",
+        Duration::from_secs(30),
+        || h.client(1).get("k-0").is_ok(),
+    );
+    for i in 0..20 {
+        assert_eq!(
+            h.client(1).get(&format!("k-{i}")).unwrap().values,
+            vec![b"v".to_vec()]
+        );
+    }
+}

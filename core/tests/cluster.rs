@@ -521,15 +521,9 @@ fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
         "no marker while the epoch is unknown"
     );
     c.run_for(15_000);
-    let n2 = c.node(2);
-    assert!(n2.is_serving(), "{:?}", n2.phase());
-    assert!(
-        n2.epoch() > used,
-        "epoch {} after losing the disk reuses one used before ({used})",
-        n2.epoch()
-    );
+    serves_with_an_epoch_above(&c, 2, used);
     // Re-synced before serving reads: it holds every key again.
-    assert_eq!(n2.keys().count(), 3);
+    assert_eq!(c.node(2).keys().count(), 3);
     assert!(!c.has_restore_marker(2));
     // Told it is new instead, a node with an empty disk starts at epoch 1.
     c.crash(NodeId(3));
@@ -537,6 +531,17 @@ fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
     c.start(NodeId(3));
     c.run_for(500);
     assert_eq!(c.node(3).epoch(), 1);
+}
+
+/// Node `id` serves, at an epoch above every epoch it `used` before.
+fn serves_with_an_epoch_above(c: &Cluster, id: u32, used: u32) {
+    let n = c.node(id);
+    assert!(n.is_serving(), "{:?}", n.phase());
+    assert!(
+        n.epoch() > used,
+        "epoch {} reuses one used before ({used})",
+        n.epoch()
+    );
 }
 
 /// The cluster version a node's durable metadata names.
@@ -733,13 +738,7 @@ fn restore_from_backup_learns_its_epochs_from_peers() {
     let used = c.node(2).epoch();
     c.restore_first_backup(2);
     c.run_for(3000);
-    let n2 = c.node(2);
-    assert!(n2.is_serving(), "{:?}", n2.phase());
-    assert!(
-        n2.epoch() > used,
-        "epoch {} reuses one used since the backup ({used})",
-        n2.epoch()
-    );
+    serves_with_an_epoch_above(&c, 2, used);
     assert!(c
         .events
         .iter()

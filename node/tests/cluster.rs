@@ -862,17 +862,7 @@ fn backup_then_restore_rejoins_and_resyncs() {
     assert_eq!(key_count(&h, 1), Some(40));
     // Until anti-entropy has found every replica equal, the restored node
     // answers no reads (it may lack writes it acknowledged).
-    wait_for(
-        "node 2 to serve reads again",
-        Duration::from_secs(30),
-        || h.client(1).get("after-0").is_ok(),
-    );
-    for i in 0..20 {
-        assert_eq!(
-            h.client(1).get(&format!("after-{i}")).unwrap().values,
-            vec![b"new".to_vec()]
-        );
-    }
+    serves_again(&h, 1, "after", 20, b"new");
     // The backups survived the restore.
     let list = h.client(1).json("/v1/admin/backups").unwrap();
     assert!(list.to_string().contains(&newest), "{list}");
@@ -904,15 +894,21 @@ fn a_node_whose_disk_was_lost_rejoins_as_existing_with_a_new_epoch() {
     wait_for("node 2 to re-sync", Duration::from_secs(30), || {
         key_count(&h, 1) == Some(20)
     });
+    serves_again(&h, 1, "k", 20, b"v");
+}
+
+/// Waits until node `i` answers reads again, then checks it reads
+/// `{prefix}-0..n` as `value`.
+fn serves_again(h: &Harness, i: usize, prefix: &str, n: usize, value: &[u8]) {
     wait_for(
-        "node 2 to serve reads again",
+        &format!("node {} to serve reads again", i + 1),
         Duration::from_secs(30),
-        || h.client(1).get("k-0").is_ok(),
+        || h.client(i).get(&format!("{prefix}-0")).is_ok(),
     );
-    for i in 0..20 {
+    for k in 0..n {
         assert_eq!(
-            h.client(1).get(&format!("k-{i}")).unwrap().values,
-            vec![b"v".to_vec()]
+            h.client(i).get(&format!("{prefix}-{k}")).unwrap().values,
+            vec![value.to_vec()]
         );
     }
 }

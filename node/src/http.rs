@@ -24,6 +24,7 @@
 //! quorum or node unavailable (the message says which).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use std::time::Instant;
 
 use axum::body::Bytes as BodyBytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,7 +42,9 @@ use bytes::Bytes;
 use cairn_core::api::{decode_context, encode_context, AdminCommand, BackupInfo};
 use cairn_core::version::ReleaseId;
 use cairn_core::{ClientError, Context, NodeId, Request, Response};
+use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
+use tower_service::Service as _;
 
 use crate::driver::{DriverHandle, Snapshot};
 use crate::metrics::NodeMetrics;
@@ -64,6 +67,10 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with(Arc::new(state))
+}
+
+fn router_with(state: Arc<AppState>) -> Router {
     let body_limit = state.max_value_len;
     Router::new()
         .route(
@@ -80,7 +87,96 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         // One reference count per request instead of one per field.
-        .with_state(Arc::new(state))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until the task is dropped.
+///
+/// Every connection is served by hyper's HTTP/1.1 server. Key-value requests
+/// in their plain form (`GET`, `PUT` or `DELETE` on `/v1/kv/{key}`, a key
+/// that decodes to UTF-8, a body with a `Content-Length` within the limit)
+/// go straight to their handlers, without routing, extractors or the
+/// boxed services of the router; anything else, including every malformed
+/// variant of those, goes through the router, which answers it as before.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) {
+    let state = Arc::new(state);
+    let router = router_with(state.clone());
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // E.g. out of file descriptors: wait for some to close.
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (st, router) = (state.clone(), router.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (st, router) = (st.clone(), router.clone());
+                async move { Ok::<_, Infallible>(handle(&st, router, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
+
+/// One request: a plain key-value request directly, anything else through
+/// the router.
+async fn handle(
+    st: &AppState,
+    mut router: Router,
+    req: axum::http::Request<hyper::body::Incoming>,
+) -> HttpResponse {
+    let fast = match *req.method() {
+        Method::GET | Method::DELETE => true,
+        // Larger or chunked bodies: the router answers 413 or reads them.
+        Method::PUT => req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n <= st.max_value_len),
+        _ => false,
+    };
+    let key = if fast { kv_key(req.uri().path()) } else { None };
+    let Some(key) = key else {
+        return match router.call(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+    };
+    let (parts, body) = req.into_parts();
+    match parts.method {
+        Method::GET => get_kv(st, key, &parts.headers).await,
+        Method::DELETE => delete_kv(st, key, &parts.headers).await,
+        _ => match body.collect().await {
+            Ok(body) => put_kv(st, key, &parts.headers, body.to_bytes()).await,
+            Err(e) => error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("cannot read the request body: {e}"),
+            )
+            .into_response(),
+        },
+    }
+}
+
+/// The key of a `/v1/kv/{key}` path, percent-decoded as the router decodes
+/// it; None if the path is not one, or the key is empty or not UTF-8 once
+/// decoded (the router answers those).
+fn kv_key(path: &str) -> Option<String> {
+    let raw = path.strip_prefix("/v1/kv/").filter(|k| !k.is_empty())?;
+    let key = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()?;
+    Some(key.into_owned())
 }
 
 /// A failed request: status code, a machine-readable kind and the reason.
@@ -235,70 +331,73 @@ async fn get_key(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> HttpResponse {
-    st.clone()
-        .kv("get", &headers, async {
-            let key = st.key(key)?;
-            let resp = st.driver.request(Request::Get { key: key.clone() }).await;
-            let (siblings, context) = match resp {
-                Response::Read { siblings, context } => (siblings, context),
-                Response::Error(e) => return Err(client_error(&e)),
-                _ => {
-                    return Err(error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "unexpected answer to a read",
-                    ))
-                }
-            };
-            let ctx = context_to_header(&context);
-            let live: Vec<_> = siblings.iter().filter(|s| s.value.is_some()).collect();
-            let ctx_header = HeaderValue::from_str(&ctx)
-                .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad context"))?;
-            if !wants_json(&headers) && live.len() == 1 {
-                let value = live[0].value.clone().unwrap_or_default();
-                return Ok((
-                    StatusCode::OK,
-                    [
-                        (header::HeaderName::from_static(CONTEXT_HEADER), ctx_header),
-                        (
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/octet-stream"),
-                        ),
-                    ],
-                    value,
-                )
-                    .into_response());
+    get_kv(&st, key, &headers).await
+}
+
+async fn get_kv(st: &AppState, key: String, headers: &HeaderMap) -> HttpResponse {
+    st.kv("get", headers, async {
+        let key = st.key(key)?;
+        let resp = st.driver.request(Request::Get { key: key.clone() }).await;
+        let (siblings, context) = match resp {
+            Response::Read { siblings, context } => (siblings, context),
+            Response::Error(e) => return Err(client_error(&e)),
+            _ => {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "unexpected answer to a read",
+                ))
             }
-            let status = match live.len() {
-                0 => StatusCode::NOT_FOUND,
-                1 => StatusCode::OK,
-                _ if wants_json(&headers) => StatusCode::OK,
-                _ => StatusCode::MULTIPLE_CHOICES,
-            };
-            let sibs: Vec<Value> = live
-                .iter()
-                .map(|s| {
-                    let v = s.value.as_ref().map(|b| b.as_ref()).unwrap_or_default();
-                    let (value, encoding) = match std::str::from_utf8(v) {
-                        Ok(t) => (t.to_string(), "utf8"),
-                        Err(_) => (STANDARD.encode(v), "base64"),
-                    };
-                    json!({"value": value, "encoding": encoding, "dot": s.dot.to_string()})
-                })
-                .collect();
-            let body = json!({
-                "key": String::from_utf8_lossy(&key),
-                "context": ctx,
-                "siblings": sibs,
-            });
-            Ok((
-                status,
-                [(header::HeaderName::from_static(CONTEXT_HEADER), ctx_header)],
-                Json(body),
+        };
+        let ctx = context_to_header(&context);
+        let live: Vec<_> = siblings.iter().filter(|s| s.value.is_some()).collect();
+        let ctx_header = HeaderValue::from_str(&ctx)
+            .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad context"))?;
+        if !wants_json(headers) && live.len() == 1 {
+            let value = live[0].value.clone().unwrap_or_default();
+            return Ok((
+                StatusCode::OK,
+                [
+                    (header::HeaderName::from_static(CONTEXT_HEADER), ctx_header),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                ],
+                value,
             )
-                .into_response())
-        })
-        .await
+                .into_response());
+        }
+        let status = match live.len() {
+            0 => StatusCode::NOT_FOUND,
+            1 => StatusCode::OK,
+            _ if wants_json(headers) => StatusCode::OK,
+            _ => StatusCode::MULTIPLE_CHOICES,
+        };
+        let sibs: Vec<Value> = live
+            .iter()
+            .map(|s| {
+                let v = s.value.as_ref().map(|b| b.as_ref()).unwrap_or_default();
+                let (value, encoding) = match std::str::from_utf8(v) {
+                    Ok(t) => (t.to_string(), "utf8"),
+                    Err(_) => (STANDARD.encode(v), "base64"),
+                };
+                json!({"value": value, "encoding": encoding, "dot": s.dot.to_string()})
+            })
+            .collect();
+        let body = json!({
+            "key": String::from_utf8_lossy(&key),
+            "context": ctx,
+            "siblings": sibs,
+        });
+        Ok((
+            status,
+            [(header::HeaderName::from_static(CONTEXT_HEADER), ctx_header)],
+            Json(body),
+        )
+            .into_response())
+    })
+    .await
 }
 
 async fn write(st: &AppState, request: Request) -> Result<HttpResponse, ApiError> {
@@ -319,27 +418,30 @@ async fn put_key(
     headers: HeaderMap,
     body: BodyBytes,
 ) -> HttpResponse {
-    st.clone()
-        .kv("put", &headers, async {
-            let key = st.key(key)?;
-            let context = context_from(&headers)?;
-            // The body is a view into the connection's read buffer (8 KiB or
-            // more); the core keeps the value, so keeping the view would pin
-            // that whole buffer per stored value and make every later read
-            // on the connection allocate (and fault in) a fresh one.
-            let value = Bytes::copy_from_slice(&body);
-            drop(body);
-            write(
-                &st,
-                Request::Put {
-                    key,
-                    value,
-                    context,
-                },
-            )
-            .await
-        })
+    put_kv(&st, key, &headers, body).await
+}
+
+async fn put_kv(st: &AppState, key: String, headers: &HeaderMap, body: Bytes) -> HttpResponse {
+    st.kv("put", headers, async {
+        let key = st.key(key)?;
+        let context = context_from(headers)?;
+        // The body is a view into the connection's read buffer (8 KiB or
+        // more); the core keeps the value, so keeping the view would pin
+        // that whole buffer per stored value and make every later read
+        // on the connection allocate (and fault in) a fresh one.
+        let value = Bytes::copy_from_slice(&body);
+        drop(body);
+        write(
+            st,
+            Request::Put {
+                key,
+                value,
+                context,
+            },
+        )
         .await
+    })
+    .await
 }
 
 async fn delete_key(
@@ -347,13 +449,16 @@ async fn delete_key(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> HttpResponse {
-    st.clone()
-        .kv("delete", &headers, async {
-            let key = st.key(key)?;
-            let context = context_from(&headers)?;
-            write(&st, Request::Delete { key, context }).await
-        })
-        .await
+    delete_kv(&st, key, &headers).await
+}
+
+async fn delete_kv(st: &AppState, key: String, headers: &HeaderMap) -> HttpResponse {
+    st.kv("delete", headers, async {
+        let key = st.key(key)?;
+        let context = context_from(headers)?;
+        write(st, Request::Delete { key, context }).await
+    })
+    .await
 }
 
 async fn health() -> &'static str {

@@ -107,7 +107,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         storage_stats,
         transport_stats.clone(),
     ));
-    let app = http::router(AppState {
+    let app = AppState {
         driver: handle.clone(),
         metrics,
         transport: transport_stats,
@@ -116,12 +116,8 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         max_key_len: limits.max_key_len,
         max_value_len: limits.max_value_len,
         backups_dir: Arc::new(cfg.backups_dir()),
-    });
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            tracing::error!(error = %e, "http server failed");
-        }
-    });
+    };
+    let http_task = tokio::spawn(http::serve(http_listener, app));
 
     let exit = tokio::select! {
         r = &mut driver_task => r.unwrap_or(DriverExit::Closed),

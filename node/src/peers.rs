@@ -31,7 +31,7 @@ use rand::RngCore;
 use sha2::Sha256;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedWrite, LengthDelimitedCodec};
 
 use crate::driver::DriverMsg;
 
@@ -345,7 +345,21 @@ async fn send_loop(
     queue: &mut mpsc::Receiver<Bytes>,
     stats: &TransportStats,
 ) -> Option<String> {
-    let (mut sink, mut stream) = conn.split();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The two directions as owned halves: writing and watching for the
+    // close need no lock between them.
+    let parts = conn.into_parts();
+    if !parts.read_buf.is_empty() {
+        return Some("unexpected data from peer".to_string());
+    }
+    let (mut reader, mut writer) = parts.io.into_split();
+    if !parts.write_buf.is_empty() {
+        if let Err(e) = writer.write_all(&parts.write_buf).await {
+            return Some(format!("write: {e}"));
+        }
+    }
+    let mut sink: FramedWrite<_, LengthDelimitedCodec> = FramedWrite::new(writer, parts.codec);
+    let mut probe = [0u8; 1];
     loop {
         tokio::select! {
             msg = queue.recv() => {
@@ -366,18 +380,18 @@ async fn send_loop(
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = sink.flush().await {
+                if let Err(e) = SinkExt::<Bytes>::flush(&mut sink).await {
                     return Some(format!("write: {e}"));
                 }
                 stats.sent.fetch_add(n, Ordering::Relaxed);
             }
             // The acceptor never sends after authentication: anything here is
             // the connection closing.
-            r = stream.next() => {
+            r = reader.read(&mut probe) => {
                 return Some(match r {
-                    None => "closed by peer".to_string(),
-                    Some(Err(e)) => format!("read: {e}"),
-                    Some(Ok(_)) => "unexpected data from peer".to_string(),
+                    Ok(0) => "closed by peer".to_string(),
+                    Err(e) => format!("read: {e}"),
+                    Ok(_) => "unexpected data from peer".to_string(),
                 });
             }
         }

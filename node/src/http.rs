@@ -137,12 +137,7 @@ async fn handle(
     let fast = match *req.method() {
         Method::GET | Method::DELETE => true,
         // Larger or chunked bodies: the router answers 413 or reads them.
-        Method::PUT => req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n <= st.max_value_len),
+        Method::PUT => content_length(req.headers()).is_some_and(|n| n <= st.max_value_len),
         _ => false,
     };
     let key = if fast { kv_key(req.uri().path()) } else { None };
@@ -156,8 +151,8 @@ async fn handle(
     match parts.method {
         Method::GET => get_kv(st, key, &parts.headers).await,
         Method::DELETE => delete_kv(st, key, &parts.headers).await,
-        _ => match body.collect().await {
-            Ok(body) => put_kv(st, key, &parts.headers, body.to_bytes()).await,
+        _ => match read_body(body, content_length(&parts.headers).unwrap_or(0)).await {
+            Ok(value) => put_kv(st, key, &parts.headers, value).await,
             Err(e) => error(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
@@ -166,6 +161,26 @@ async fn handle(
             .into_response(),
         },
     }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a body of `len` bytes (its checked `Content-Length`, which hyper
+/// enforces) into memory of its own, copied once out of the connection's
+/// read buffer (see [`put_key`]).
+async fn read_body(mut body: hyper::body::Incoming, len: usize) -> Result<Bytes, hyper::Error> {
+    let mut value = bytes::BytesMut::with_capacity(len);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            value.extend_from_slice(&data);
+        }
+    }
+    Ok(value.freeze())
 }
 
 /// The key of a `/v1/kv/{key}` path, percent-decoded as the router decodes
@@ -418,19 +433,20 @@ async fn put_key(
     headers: HeaderMap,
     body: BodyBytes,
 ) -> HttpResponse {
-    put_kv(&st, key, &headers, body).await
+    // The body is a view into the connection's read buffer (8 KiB or
+    // more); the core keeps the value, so keeping the view would pin that
+    // whole buffer per stored value and make every later read on the
+    // connection allocate (and fault in) a fresh one.
+    let value = Bytes::copy_from_slice(&body);
+    drop(body);
+    put_kv(&st, key, &headers, value).await
 }
 
-async fn put_kv(st: &AppState, key: String, headers: &HeaderMap, body: Bytes) -> HttpResponse {
+/// A put of `value`, which must own its memory (see [`put_key`]).
+async fn put_kv(st: &AppState, key: String, headers: &HeaderMap, value: Bytes) -> HttpResponse {
     st.kv("put", headers, async {
         let key = st.key(key)?;
         let context = context_from(headers)?;
-        // The body is a view into the connection's read buffer (8 KiB or
-        // more); the core keeps the value, so keeping the view would pin
-        // that whole buffer per stored value and make every later read
-        // on the connection allocate (and fault in) a fresh one.
-        let value = Bytes::copy_from_slice(&body);
-        drop(body);
         write(
             st,
             Request::Put {

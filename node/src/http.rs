@@ -731,6 +731,41 @@ async fn status(State(st): State<Arc<AppState>>) -> HttpResponse {
 mod tests {
     use super::*;
 
+    /// The fast path takes exactly the keys the router's `{*key}` route
+    /// would hand its handlers, decoded the same way.
+    #[tokio::test]
+    async fn fast_path_keys_match_the_router() {
+        async fn echo(Path(key): Path<String>) -> String {
+            key
+        }
+        let mut router: Router = Router::new().route("/v1/kv/{*key}", get(echo));
+        for path in [
+            "/v1/kv/plain",
+            "/v1/kv/a/b//c/",
+            "/v1/kv/gr%C3%BCss",
+            "/v1/kv/a%2Fb",
+            "/v1/kv/sp%20ace+plus",
+            "/v1/kv/%25",
+            "/v1/kv/%zz",
+            "/v1/kv/%FF",
+            "/v1/kv/",
+            "/v1/kv",
+            "/v1/kvx",
+        ] {
+            let req = axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = router.call(req).await.unwrap();
+            let routed = if resp.status() == StatusCode::OK {
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                Some(String::from_utf8(body.to_vec()).unwrap())
+            } else {
+                None
+            };
+            assert_eq!(kv_key(path), routed, "{path}");
+        }
+    }
+
     #[test]
     fn drift_orders_releases() {
         assert_eq!(drift("0.2.0", "0.2.0"), "current");

@@ -30,6 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use cairn_core::api::BackupInfo;
 use cairn_core::{IoId, IoResult, NodeId};
+use fjall::config::{FilterPolicy, FilterPolicyEntry};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::mpsc;
 
@@ -79,6 +80,18 @@ pub struct StorageStats {
     pub persist_micros: AtomicU64,
 }
 
+/// How the records keyspace is created. fjall stores these options with the
+/// keyspace when it creates it and uses the stored ones afterwards, so they
+/// apply to data directories created with them; older ones keep theirs (the
+/// data and its layout are the same either way).
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        // Bloom filters only speed up point reads, and the node never makes
+        // one: it loads every record at start and iterates for backups. Not
+        // building them saves CPU on every flush and compaction.
+        .filter_policy(FilterPolicy::all(FilterPolicyEntry::None))
+}
+
 /// An open data directory.
 #[derive(Clone)]
 pub struct Storage {
@@ -108,7 +121,7 @@ impl Storage {
             anyhow::anyhow!("cannot open storage in {}: {e}{hint}", dir.display())
         })?;
         let data = db
-            .keyspace("records", KeyspaceCreateOptions::default)
+            .keyspace("records", keyspace_options)
             .map_err(|e| anyhow::anyhow!("cannot open keyspace in {}: {e}", dir.display()))?;
         Ok(Storage { db, data })
     }

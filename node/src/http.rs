@@ -172,11 +172,14 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 
 /// Reads a body of `len` bytes (its checked `Content-Length`, which hyper
 /// enforces) into memory of its own, copied once out of the connection's
-/// read buffer (see [`put_key`]).
-async fn read_body(mut body: hyper::body::Incoming, len: usize) -> Result<Bytes, hyper::Error> {
+/// read buffer (see [`put_key`]). Never holds more than `len` bytes.
+async fn read_body(mut body: hyper::body::Incoming, len: usize) -> Result<Bytes, String> {
     let mut value = bytes::BytesMut::with_capacity(len);
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
+            if data.len() > len - value.len() {
+                return Err("body longer than its Content-Length".into());
+            }
             value.extend_from_slice(&data);
         }
     }

@@ -8,7 +8,11 @@
 //!    still come from it), it must fail the same oracle.
 //! 3. Delta debugging (ddmin) over the faults and operations together keeps
 //!    a subset only if it still fails the same oracle; the result is
-//!    1-minimal: dropping any single event makes the failure go away.
+//!    1-minimal: dropping any single event makes the failure go away. When
+//!    that leaves more than a few events (timing bugs, where every removal
+//!    shifts what follows), windows of 1 to 16 consecutive operations of the
+//!    recording are tried on their own, and ddmin runs again on the first
+//!    that fails.
 //! 4. Cut the safety phase to just after the failure, and write the result
 //!    as a scenario file.
 
@@ -211,6 +215,44 @@ impl Tester<'_> {
         items
     }
 
+    /// A last resort when ddmin stops at a large set: with timing bugs every
+    /// removal shifts the timing of what follows, so a 1-minimal set can stay
+    /// large while a few operations close in time, at their recorded times,
+    /// fail on their own. Tries every window of 1, 2, 4, 8 and 16
+    /// consecutive operations of `all` (with the faults `found` kept), the
+    /// smallest first, while smaller than `found`; returns the first that
+    /// fails.
+    fn windows(&mut self, all: &[Item], found: &[Item]) -> Option<Vec<Item>> {
+        let faults: Vec<Item> = found
+            .iter()
+            .filter(|i| matches!(i, Item::Fault(_)))
+            .cloned()
+            .collect();
+        let ops: Vec<&Item> = all.iter().filter(|i| matches!(i, Item::Op(_))).collect();
+        for w in [1usize, 2, 4, 8, 16] {
+            if w >= ops.len() || faults.len() + w >= found.len() {
+                break;
+            }
+            for start in 0..=ops.len() - w {
+                if self.out_of_runs() {
+                    return None;
+                }
+                let mut candidate = faults.clone();
+                candidate.extend(ops[start..start + w].iter().map(|&i| i.clone()));
+                if self.test(&candidate) {
+                    if self.cfg.verbose {
+                        eprintln!(
+                            "  {} run(s): {w} consecutive operation(s) fail on their own",
+                            self.runs
+                        );
+                    }
+                    return Some(candidate);
+                }
+            }
+        }
+        None
+    }
+
     /// Zeller's ddmin: a 1-minimal failing subset of `items` (or the best
     /// found when out of runs).
     fn ddmin(&mut self, mut items: Vec<Item>) -> Vec<Item> {
@@ -358,8 +400,14 @@ pub fn shrink(cfg: &ShrinkConfig) -> Result<Shrunk, String> {
     if early.len() < items.len() && t.test(&early) {
         items = early;
     }
+    let all = items.clone();
     let items = t.slice(items);
-    let items = t.ddmin(items);
+    let mut items = t.ddmin(items);
+    if items.len() > 4 {
+        if let Some(one) = t.windows(&all, &items) {
+            items = t.ddmin(one);
+        }
+    }
     // Cut the safety phase to just after the failure, if it still fails.
     let (f, o) = split(&items);
     let mut scenario = t.scenario(&items, None);

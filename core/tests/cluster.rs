@@ -812,3 +812,41 @@ fn a_data_directory_from_a_newer_schema_is_refused() {
         n1.refusal()
     );
 }
+
+#[test]
+fn a_backward_step_of_the_drivers_clock_does_not_stop_the_nodes_timers() {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let start = Time::from_millis(100_000);
+    let mut node = Node::new(NodeConfig::new(NodeId(1), members, 7), start);
+    // Answers its reads and syncs at `now` until it asks to be woken.
+    let settle = |node: &mut Node, now: Time| loop {
+        let result = match node.poll_output() {
+            Output::Timeout(at) => return at,
+            Output::Read { io, .. } => (io, IoResult::Loaded(Vec::new())),
+            Output::Sync { io } => (io, IoResult::Synced),
+            _ => continue,
+        };
+        node.handle_input(Input::IoDone {
+            now,
+            io: result.0,
+            result: result.1,
+        });
+    };
+    let at = settle(&mut node, start);
+    assert!(at.as_micros() < start.as_micros() + 5_000_000, "{at:?}");
+    // The driver's clock steps back by a minute.
+    let back = Time::from_millis(40_000);
+    node.handle_input(Input::Timeout(back));
+    let at = settle(&mut node, back);
+    // The next wake-up is asked for in the driver's time, soon after the
+    // step, not a minute later when the clock has caught up.
+    assert!(
+        at.as_micros() < back.as_micros() + 5_000_000,
+        "asked to be woken at {at:?}, the clock reads {back:?}"
+    );
+    // Time keeps flowing at the clock's rate from there.
+    let later = Time::from_millis(41_000);
+    node.handle_input(Input::Timeout(later));
+    let at = settle(&mut node, later);
+    assert!(at.as_micros() < later.as_micros() + 5_000_000, "{at:?}");
+}

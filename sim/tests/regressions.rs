@@ -13,6 +13,12 @@
 //! they had issued before (`dot-unique`, seeds 58, 252, 258, 327 and 331).
 //! A node that has run before now starts with `InitialClusterState::Existing`
 //! and learns its epoch from its peers.
+//!
+//! `sweep --scenario clock-jumps --seeds 0..1000` found deleted values coming
+//! back (seeds 327, 456, 554 and 686, `stale-read` on the converged state):
+//! after its clock stepped back, a node's time stood still until the clock
+//! caught up, so a read it held open for repair sent its long superseded
+//! state after the delete's tombstone had been reaped.
 
 use cairn_sim::scenario::builtin;
 use cairn_sim::{run, Outcome, RunConfig};
@@ -52,5 +58,12 @@ fn a_restored_node_restarted_mid_resync_serves_no_stale_reads() {
 fn a_node_whose_disk_lost_everything_reissues_no_dot() {
     for seed in [58, 252, 258, 327, 331] {
         passes_with(seed, "faulty-disks", true);
+    }
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_hold_a_read_repair_open() {
+    for seed in [327, 456, 554, 686] {
+        passes(seed, "clock-jumps");
     }
 }

@@ -123,6 +123,8 @@ pub struct Node {
     ring: Ring,
     rng: ChaCha8Rng,
     now: Time,
+    /// The driver's clock at the last input (see [`Node::advance`]).
+    driver_now: Time,
     phase: Phase,
     halt_reason: Option<String>,
     epoch: u32,
@@ -196,6 +198,7 @@ impl Node {
             ring,
             rng,
             now,
+            driver_now: now,
             phase: Phase::Loading,
             halt_reason: None,
             epoch: 0,
@@ -347,11 +350,28 @@ impl Node {
         self.flush();
     }
 
+    /// Moves the node's time on by how far the driver's clock moved since
+    /// the last input, when it moved forward. Time never runs backwards,
+    /// and a backward step of the driver's clock does not stop it either:
+    /// it keeps advancing at the clock's rate from there. (Following the
+    /// highest time seen instead would freeze the node's timers until the
+    /// clock caught up: a read held open for repair, say, could then send
+    /// its long superseded state after the delete that superseded it had
+    /// been reaped.) Deadlines are handed back in the driver's time.
     fn advance(&mut self, now: Time) {
-        // Time never runs backwards, whatever the driver's clock does.
-        if now > self.now {
-            self.now = now;
+        if now > self.driver_now {
+            self.now = self.now + now.saturating_since(self.driver_now);
         }
+        self.driver_now = now;
+    }
+
+    /// A time of the node's in the driver's clock.
+    fn to_driver_time(&self, at: Time) -> Time {
+        if at == Time::MAX {
+            return at;
+        }
+        let ahead = self.now.saturating_since(self.driver_now);
+        Time(at.as_micros().saturating_sub(ahead.0))
     }
 
     fn handle_message(&mut self, from: NodeId, bytes: &Bytes) {
@@ -524,7 +544,8 @@ impl Node {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        Output::Timeout(self.next_deadline())
+        let at = self.next_deadline();
+        Output::Timeout(self.to_driver_time(at))
     }
 
     fn next_deadline(&mut self) -> Time {

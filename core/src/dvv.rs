@@ -241,12 +241,28 @@ impl KeyState {
         self.siblings.insert(at, Sibling { dot, value });
     }
 
+    /// [`KeyState::merge`] of a state this one may take as is when it is
+    /// still empty (no copy).
+    pub fn merge_owned(&mut self, other: KeyState) -> bool {
+        if self.is_blank() {
+            let changed = !other.is_blank();
+            *self = other;
+            return changed;
+        }
+        self.merge(&other)
+    }
+
+    /// No sibling and an empty context: what a key never written holds.
+    fn is_blank(&self) -> bool {
+        self.siblings.is_empty() && self.context.is_empty()
+    }
+
     /// Merges another replica's state into this one. Returns true when this
     /// state changed.
     pub fn merge(&mut self, other: &KeyState) -> bool {
-        if self.siblings.is_empty() && self.context.is_empty() {
+        if self.is_blank() {
             // Nothing here yet (a key new to this replica): the merge is `other`.
-            if other.siblings.is_empty() && other.context.is_empty() {
+            if other.is_blank() {
                 return false;
             }
             self.clone_from(other);

@@ -223,11 +223,11 @@ impl VersionOracles {
     /// `Event::EpochLearned`: a restored node took `epoch`.
     pub fn epoch_learned(&mut self, node: usize, epoch: u32) -> Result<(), Violation> {
         let t = &mut self.nodes[node];
-        let before = t.restored_from.take().unwrap_or(t.max_epoch);
+        let restored_from = t.restored_from.take();
         let before = if self.dot_epochs_only {
             t.max_dot_epoch
         } else {
-            before
+            restored_from.unwrap_or(t.max_epoch)
         };
         if epoch <= before {
             return Err(Violation::new(

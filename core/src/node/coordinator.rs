@@ -292,8 +292,8 @@ impl Node {
         let mut order = replicas.clone();
         // Stable: preference order within each class.
         order.sort_by_key(|&r| (r != me, r != me && !self.peer_usable(r)));
-        let first = (self.cfg.quorum.r as usize).clamp(1, order.len().max(1));
-        let spare = order.split_off(first.min(order.len()));
+        let first = (self.cfg.quorum.r as usize).max(1).min(order.len());
+        let spare = order.split_off(first);
         let digests = self.feature_active(Feature::DigestReads)
             && replicas
                 .iter()
@@ -335,14 +335,7 @@ impl Node {
     ) {
         for (i, &r) in targets.iter().enumerate() {
             if r == self.cfg.id {
-                let (state, digest) = match self.store.keys.get(key) {
-                    Some(e) => (e.state.clone(), e.digest),
-                    None => {
-                        let s = KeyState::new();
-                        let d = s.digest();
-                        (s, d)
-                    }
-                };
+                let (state, digest) = self.store.state_and_digest(key);
                 self.get_reply(req, r, state, Some(digest));
             } else if digests && !(full_first && i == 0) {
                 self.send(
@@ -390,10 +383,7 @@ impl Node {
         if self.resync.is_some() {
             return;
         }
-        let digest = self
-            .store
-            .digest(&m.key)
-            .unwrap_or_else(|| KeyState::new().digest());
+        let digest = self.store.digest_or_empty(&m.key);
         self.send(
             from,
             Message::ReplicaDigestReply(wire::ReplicaDigestReply {
@@ -461,12 +451,7 @@ impl Node {
         if !op.full_digests.contains(&digest) {
             op.full_digests.push(digest);
         }
-        if op.merged.is_empty() && op.merged.context().is_empty() {
-            // The first state: the merge is the state itself.
-            op.merged = state;
-        } else {
-            op.merged.merge(&state);
-        }
+        op.merged.merge_owned(state);
         self.get_progress(req);
     }
 

@@ -43,6 +43,19 @@ impl Store {
         self.keys.get(key).map(|e| e.digest)
     }
 
+    /// A key's digest; an absent key's is the empty state's.
+    pub fn digest_or_empty(&self, key: &[u8]) -> u64 {
+        self.digest(key).unwrap_or_else(|| KeyState::new().digest())
+    }
+
+    /// A key's state (the empty one when absent) and its digest.
+    pub fn state_and_digest(&self, key: &[u8]) -> (KeyState, u64) {
+        match self.keys.get(key) {
+            Some(e) => (e.state.clone(), e.digest),
+            None => (KeyState::new(), self.digest_or_empty(key)),
+        }
+    }
+
     /// Replaces (or with `None`, removes) a key's state, keeping the Merkle
     /// tree and tombstone bookkeeping in step. One search of the key map.
     pub fn set(&mut self, ring: &Ring, key: &Bytes, state: Option<KeyState>, now: Time) {

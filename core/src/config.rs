@@ -180,8 +180,10 @@ impl PlantedBugs {
 /// What a node starting on an empty data directory may assume.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InitialClusterState {
-    /// The node has never run (a new cluster, or a new member): it starts at
-    /// epoch 1 at once.
+    /// The node may be new: it asks every peer for the highest epoch of its
+    /// own they have seen before writing anything. If none has seen it, it
+    /// starts at epoch 1; otherwise its disk forgot (a lost journal) and it
+    /// proceeds as [`InitialClusterState::Existing`].
     #[default]
     New,
     /// The node has run before and its disk was lost or replaced: it may

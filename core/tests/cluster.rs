@@ -525,12 +525,79 @@ fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
     // Re-synced before serving reads: it holds every key again.
     assert_eq!(c.node(2).keys().count(), 3);
     assert!(!c.has_restore_marker(2));
-    // Told it is new instead, a node with an empty disk starts at epoch 1.
+}
+
+#[test]
+fn a_node_whose_journal_was_lost_learns_its_epoch_without_being_told() {
+    let mut c = Cluster::new(3);
+    for i in 0..2 {
+        c.crash(NodeId(2));
+        c.start(NodeId(2));
+        c.run_for(500);
+        assert_eq!(
+            c.put(2, &format!("k{i}"), "v", VersionVector::new()),
+            Response::Written
+        );
+    }
+    let used = c.node(2).epoch();
+    // A clean stop, then the disk forgets everything (metadata included);
+    // the node is started as if new, with no flag from the operator.
+    c.restart_as(2, ReleaseId::current());
+    c.crash(NodeId(2));
+    c.disks.get_mut(&NodeId(2)).unwrap().durable.clear();
+    // Node 3 is out of reach at first: node 2 must wait for it too.
+    c.cut = vec![(NodeId(2), NodeId(3)), (NodeId(3), NodeId(2))];
+    c.start(NodeId(2));
+    c.run_for(1000);
+    assert_eq!(c.node(2).phase(), Phase::Rejoining);
+    assert!(
+        !c.disks[&NodeId(2)]
+            .durable
+            .contains_key(cairn_core::storage::META_KEY),
+        "wrote an epoch before asking its peers"
+    );
+    c.cut.clear();
+    c.run_for(15_000);
+    serves_with_an_epoch_above(&c, 2, used);
+    assert_eq!(c.node(2).metrics().forgotten_disks, 1);
+    // Writes through it after the loss are not absorbed by its old dots.
+    for i in 0..5 {
+        assert_eq!(
+            c.put(2, &format!("new{i}"), "w", VersionVector::new()),
+            Response::Written
+        );
+    }
+    for at in [1, 3] {
+        for i in 0..5 {
+            assert_eq!(c.get(at, &format!("new{i}")).0, vec![b("w")], "via n{at}");
+        }
+        assert_eq!(c.get(at, "k0").0, vec![b("v")]);
+    }
+}
+
+#[test]
+fn a_new_node_waits_for_every_peer_before_taking_its_first_epoch() {
+    let mut c = Cluster::new(3);
+    assert!(c.members.iter().all(|&m| c.node(m.0).epoch() == 1));
+    assert!(!c
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::EpochLearned { .. })));
+    // A node with an empty disk that cannot reach one peer does not start:
+    // that peer may be the only one that knows it ran before.
     c.crash(NodeId(3));
     c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.cut = vec![(NodeId(3), NodeId(1)), (NodeId(1), NodeId(3))];
     c.start(NodeId(3));
-    c.run_for(500);
-    assert_eq!(c.node(3).epoch(), 1);
+    c.run_for(3000);
+    assert_eq!(c.node(3).phase(), Phase::Rejoining);
+    assert!(matches!(
+        c.put(3, "k", "v", VersionVector::new()),
+        Response::Error(_)
+    ));
+    c.cut.clear();
+    c.run_for(15_000);
+    serves_with_an_epoch_above(&c, 3, 1);
 }
 
 /// Node `id` serves, at an epoch above every epoch it `used` before.

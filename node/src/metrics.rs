@@ -96,6 +96,11 @@ const CORE_COUNTERS: &[(&str, &str, CoreField)] = &[
         |m| m.corrupt_records,
     ),
     (
+        "forgotten_disks",
+        "Starts with an empty disk that peers knew had run before (a lost journal)",
+        |m| m.forgotten_disks,
+    ),
+    (
         "hints_stored",
         "Hints stored for unreachable replicas",
         |m| m.hints_stored,

@@ -15,8 +15,11 @@
 //!   another key of the same node; the intended key keeps its old value.
 //! - *Final wipe*: when the safety phase ends, a node crashes with every
 //!   data record damaged, so only anti-entropy can bring it back.
+//! - *Lost journal*: when a node stops, its disk forgets every record, the
+//!   metadata included, as when a storage engine's journal is truncated or
+//!   deleted. The node starts as if new; only its peers know better.
 //!
-//! The last four are destructive: they can destroy a durable copy of an
+//! The last five are destructive: they can destroy a durable copy of an
 //! acknowledged write.
 //!
 //! # The fault atlas
@@ -79,6 +82,9 @@ pub struct DiskFaultSpec {
     /// Probability (ppm) that a fault-prone node is crashed with all of its
     /// data damaged when the safety phase ends.
     pub final_wipe_ppm: Span,
+    /// Per stop of a fault-prone node: probability (ppm) that its disk
+    /// forgets every record, the metadata included (a lost journal).
+    pub journal_loss_ppm: Span,
     /// Lift the fault atlas (set by `--unlimited-faults`).
     pub unlimited: bool,
 }
@@ -94,6 +100,7 @@ impl Default for DiskFaultSpec {
             torn_ppm: zero(),
             misdirect_ppm: zero(),
             final_wipe_ppm: zero(),
+            journal_loss_ppm: zero(),
             unlimited: false,
         }
     }
@@ -166,6 +173,7 @@ pub struct DeepOptions {
     pub torn_ppm: u32,
     pub misdirect_ppm: u32,
     pub final_wipe_ppm: u32,
+    pub journal_loss_ppm: u32,
     pub step_ppm: u32,
     pub step_ms: (u64, u64),
     pub unlimited: bool,
@@ -177,7 +185,12 @@ pub struct DeepOptions {
 
 impl DeepOptions {
     pub fn destructive(&self) -> bool {
-        self.corrupt_ppm + self.torn_ppm + self.misdirect_ppm + self.final_wipe_ppm > 0
+        self.corrupt_ppm
+            + self.torn_ppm
+            + self.misdirect_ppm
+            + self.final_wipe_ppm
+            + self.journal_loss_ppm
+            > 0
     }
 
     /// Whether chaos ticks (full disks, clock steps) run at all.
@@ -249,12 +262,18 @@ pub fn derive(seed: u64, scenario: &Scenario, swarm: bool) -> DeepOptions {
         torn_ppm: draw(&mut rng, d.torn_ppm) as u32,
         misdirect_ppm: draw(&mut rng, d.misdirect_ppm) as u32,
         final_wipe_ppm: draw(&mut rng, d.final_wipe_ppm) as u32,
+        journal_loss_ppm: 0,
         step_ppm: draw(&mut rng, c.step_ppm) as u32,
         step_ms: draw_range(&mut rng, c.step_ms),
         unlimited: d.unlimited,
         prone: Vec::new(),
         swarm,
     };
+    // Drawn from its own stream, so scenarios without it keep their draws.
+    o.journal_loss_ppm = draw(
+        &mut Seeds::new(seed).subsystem("journal-loss"),
+        d.journal_loss_ppm,
+    ) as u32;
     if o.destructive() {
         let n = scenario.nodes as usize;
         let k = budget(scenario.nodes, scenario.quorum, d.unlimited).min(n);
@@ -351,6 +370,7 @@ pub struct DiskFaults {
     pub corrupt_pct: (u64, u64),
     pub torn_ppm: u32,
     pub misdirect_ppm: u32,
+    pub journal_loss_ppm: u32,
     /// The metadata record may be damaged too.
     pub meta_too: bool,
 }
@@ -365,6 +385,7 @@ impl DeepOptions {
             corrupt_pct: self.corrupt_pct,
             torn_ppm: if prone { self.torn_ppm } else { 0 },
             misdirect_ppm: if prone { self.misdirect_ppm } else { 0 },
+            journal_loss_ppm: if prone { self.journal_loss_ppm } else { 0 },
             meta_too: self.unlimited,
         }
     }
@@ -375,7 +396,7 @@ impl std::fmt::Display for DeepOptions {
         let pct = |ppm: u32| format!("{}.{:02}%", ppm / 10_000, (ppm % 10_000) / 100);
         write!(
             f,
-            "  disk faults: I/O error {} per sync, full disk {} per tick for {}..{} ms; destructive on nodes {:?}{}: corrupt {} per stop ({}..{}% of records), torn {} per crash, misdirected {} per sync, final wipe {}",
+            "  disk faults: I/O error {} per sync, full disk {} per tick for {}..{} ms; destructive on nodes {:?}{}: corrupt {} per stop ({}..{}% of records), torn {} per crash, misdirected {} per sync, final wipe {}, lost journal {} per stop",
             pct(self.io_error_ppm),
             pct(self.full_ppm),
             self.full_ms.0,
@@ -387,7 +408,8 @@ impl std::fmt::Display for DeepOptions {
             self.corrupt_pct.1,
             pct(self.torn_ppm),
             pct(self.misdirect_ppm),
-            pct(self.final_wipe_ppm)
+            pct(self.final_wipe_ppm),
+            pct(self.journal_loss_ppm)
         )?;
         write!(
             f,

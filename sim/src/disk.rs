@@ -288,6 +288,16 @@ impl Disk {
             .collect()
     }
 
+    /// Every record on the disk, durable or still pending (older values of
+    /// a key included).
+    pub fn all_records(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.durable.iter().chain(
+            self.pending
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v))),
+        )
+    }
+
     pub fn durable(&self, key: &[u8]) -> Option<&Bytes> {
         self.durable.get(key)
     }
@@ -368,6 +378,28 @@ impl Disk {
             self.faults.corrupt_pct.1,
         );
         self.corrupt(pct.max(1))
+    }
+
+    /// A stop of the node: its journal may be lost (fault-prone disks
+    /// only), and with it every record. Returns the records lost.
+    pub fn maybe_lose_journal(&mut self) -> u64 {
+        if !chance(&mut self.rng, self.faults.journal_loss_ppm) {
+            return 0;
+        }
+        self.lose_everything()
+    }
+
+    /// Forgets every durable record, the metadata included (a truncated or
+    /// deleted journal). Oracles still see what the node had made durable.
+    pub fn lose_everything(&mut self) -> u64 {
+        let keys: Vec<Bytes> = self.durable.keys().cloned().collect();
+        for k in &keys {
+            self.remember_current(k);
+        }
+        self.durable.clear();
+        let n = keys.len() as u64;
+        self.stats.damaged += n;
+        n
     }
 
     /// Damages every data and hint record (the metadata only if allowed).

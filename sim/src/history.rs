@@ -124,6 +124,12 @@ impl History {
         &self.writes
     }
 
+    /// The key of the write `dot` was first issued for, if it was.
+    pub fn first_issue_key(&self, dot: Dot) -> Option<&Bytes> {
+        let id = *self.dots.get(&dot)?;
+        Some(&self.keys[self.writes[(id - 1) as usize].key as usize].name)
+    }
+
     pub fn write_of_request(&self, request: RequestId) -> Option<WriteId> {
         self.by_request.get(&request).copied()
     }
@@ -179,6 +185,9 @@ impl History {
 
     /// A coordinator created `dot` for client request `request` on `key`.
     /// Oracle "dot-unique": a dot is never issued twice for different writes.
+    ///
+    /// `forgotten` says that no copy of the dot's first issue survives
+    /// anywhere (see [`History::first_issue_key`]).
     pub fn write_issued(
         &mut self,
         request: RequestId,
@@ -186,6 +195,7 @@ impl History {
         dot: Dot,
         tombstone: bool,
         node: u32,
+        forgotten: bool,
     ) -> Result<WriteId, Violation> {
         let Some(id) = self.write_of_request(request) else {
             return Err(Violation::new(
@@ -211,7 +221,15 @@ impl History {
             ));
         }
         if let Some(&prev) = self.dots.get(&dot) {
-            if prev != id {
+            if prev != id && forgotten {
+                // The first issue left no copy anywhere (its node's disk
+                // forgot it before it reached a peer): nothing can confuse
+                // the two writes. The dot now names the new one.
+                self.writes[(prev - 1) as usize].dots.retain(|d| *d != dot);
+                self.dots.remove(&dot);
+            } else if prev == id {
+                return Ok(id);
+            } else {
                 let p = &self.writes[(prev - 1) as usize];
                 return Err(Violation::new(
                     "dot-unique",
@@ -223,7 +241,6 @@ impl History {
                     ),
                 ));
             }
-            return Ok(id);
         }
         self.dots.insert(dot, id);
         let w = &mut self.writes[(id - 1) as usize];
@@ -412,23 +429,23 @@ mod tests {
         let w1 = h.begin_write(0, RequestId(10), &[], false, Time(1));
         let w2 = h.begin_write(0, RequestId(11), &[], true, Time(2));
         assert_eq!(
-            h.write_issued(RequestId(10), b"a", dot(1, 1), false, 1),
+            h.write_issued(RequestId(10), b"a", dot(1, 1), false, 1, false),
             Ok(w1)
         );
         // The same dot again for the same write is a retry, not a reuse.
         assert_eq!(
-            h.write_issued(RequestId(10), b"a", dot(1, 1), false, 1),
+            h.write_issued(RequestId(10), b"a", dot(1, 1), false, 1, false),
             Ok(w1)
         );
         let e = h
-            .write_issued(RequestId(11), b"a", dot(1, 1), true, 1)
+            .write_issued(RequestId(11), b"a", dot(1, 1), true, 1, false)
             .unwrap_err();
         assert_eq!(e.oracle, "dot-unique");
         assert!(e.message.contains("write 1"), "{}", e.message);
         assert!(h
-            .write_issued(RequestId(99), b"a", dot(1, 9), false, 1)
+            .write_issued(RequestId(99), b"a", dot(1, 9), false, 1, false)
             .is_err());
-        h.write_issued(RequestId(11), b"a", dot(2, 1), true, 2)
+        h.write_issued(RequestId(11), b"a", dot(2, 1), true, 2, false)
             .unwrap();
         assert_eq!(h.deleted_by(w2), Some(w2));
         let good = [

@@ -249,13 +249,13 @@ mod tests {
     fn history() -> (History, [WriteId; 4]) {
         let mut h = History::new(&[Bytes::from_static(b"k")]);
         let w1 = h.begin_write(0, RequestId(1), &[], false, Time(10));
-        h.write_issued(RequestId(1), b"k", dot(1, 1), false, 1)
+        h.write_issued(RequestId(1), b"k", dot(1, 1), false, 1, false)
             .unwrap();
         let w2 = h.begin_write(0, RequestId(2), &[w1], false, Time(20));
-        h.write_issued(RequestId(2), b"k", dot(1, 2), false, 1)
+        h.write_issued(RequestId(2), b"k", dot(1, 2), false, 1, false)
             .unwrap();
         let w3 = h.begin_write(0, RequestId(3), &[], false, Time(30));
-        h.write_issued(RequestId(3), b"k", dot(2, 1), false, 2)
+        h.write_issued(RequestId(3), b"k", dot(2, 1), false, 2, false)
             .unwrap();
         let d4 = h.begin_write(0, RequestId(4), &[w2], true, Time(40));
         (h, [w1, w2, w3, d4])
@@ -310,7 +310,7 @@ mod tests {
         let snap = h.frontier(0).to_vec();
         // Not yet issued: the missing write is a violation.
         assert!(check_read(&h, 0, &[], &snap, "read").is_err());
-        h.write_issued(RequestId(4), b"k", dot(3, 1), true, 3)
+        h.write_issued(RequestId(4), b"k", dot(3, 1), true, 3, false)
             .unwrap();
         assert_eq!(check_read(&h, 0, &[], &snap, "read"), Ok(()));
         assert_eq!(check_read(&h, 0, &[d4], &snap, "read"), Ok(()));
@@ -334,7 +334,7 @@ mod tests {
     fn a_resurrection_after_a_delete_is_caught() {
         let (mut h, [w1, w2, w3, d4]) = history();
         h.acked(w2, Time(25));
-        h.write_issued(RequestId(4), b"k", dot(3, 1), true, 3)
+        h.write_issued(RequestId(4), b"k", dot(3, 1), true, 3, false)
             .unwrap();
         h.acked(d4, Time(45));
         let snap = h.frontier(0).to_vec();

@@ -64,6 +64,9 @@ struct NodeTrack {
     max_dot_epoch: u32,
     /// Restored and not yet rejoined: the highest epoch used before.
     restored_from: Option<u32>,
+    /// Its disk forgot everything (a lost journal) since it last learned
+    /// its epoch.
+    forgot: bool,
 }
 
 /// The version oracles of one run.
@@ -203,6 +206,19 @@ impl VersionOracles {
         }
     }
 
+    /// The node's disk forgot every record, its metadata included. The
+    /// epochs it used are known only from the dots its peers hold; epochs
+    /// whose every dot was lost with the disk may be taken again
+    /// (`dot-unique` judges whether a dot issued again still has a copy
+    /// anywhere).
+    pub fn journal_lost(&mut self, node: usize) {
+        let t = &mut self.nodes[node];
+        t.forgot = true;
+        t.active_cv = None;
+        t.migration_snapshot = None;
+        t.excused.clear();
+    }
+
     /// The node issued a dot in `epoch`.
     pub fn write_issued(&mut self, node: usize, epoch: u32) -> Result<(), Violation> {
         let t = &mut self.nodes[node];
@@ -224,6 +240,9 @@ impl VersionOracles {
     pub fn epoch_learned(&mut self, node: usize, epoch: u32) -> Result<(), Violation> {
         let t = &mut self.nodes[node];
         let restored_from = t.restored_from.take();
+        if core::mem::take(&mut t.forgot) {
+            return Ok(());
+        }
         let before = if self.dot_epochs_only {
             t.max_dot_epoch
         } else {

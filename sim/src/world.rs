@@ -707,13 +707,9 @@ impl World {
         cfg.quorum = self.quorum;
         cfg.release = self.versions.release_of(i);
         cfg.initial_cluster_version = Some(self.versions.initial_cluster_version());
-        // Its first start is a new member's; later ones are of a node that
-        // has run (what an operator replacing a lost disk says).
-        cfg.initial_cluster_state = if s.inc > 1 {
-            InitialClusterState::Existing
-        } else {
-            InitialClusterState::New
-        };
+        // Operators leave `initial_cluster_state` at its default: a node
+        // whose disk came back empty must find out from its peers.
+        cfg.initial_cluster_state = InitialClusterState::New;
         cfg.partitions = self.scenario.ring_partitions;
         cfg.vnodes = self.scenario.vnodes;
         self.scenario.timing.apply(&mut cfg.timing);
@@ -767,7 +763,11 @@ impl World {
         s.disk.crash();
         let damaged = s.disk.stats.damaged;
         s.disk.maybe_corrupt();
+        let forgot = s.disk.maybe_lose_journal() > 0;
         let d = s.disk.stats.damaged - damaged;
+        if forgot {
+            self.versions.oracles.journal_lost(i);
+        }
         if d > 0 {
             self.faults.disk_damage += 1;
             self.fault(FaultKind::DiskDamage, Some(i), d);
@@ -946,9 +946,16 @@ impl World {
                     kind: NodeEventKind::WriteIssued,
                     detail: request.0,
                 });
+                let forgotten = match self.history.first_issue_key(dot) {
+                    Some(k) => {
+                        let k = k.clone();
+                        !self.dot_survives(&k, dot)
+                    }
+                    None => false,
+                };
                 if let Err(v) = self
                     .history
-                    .write_issued(request, &key, dot, tombstone, node)
+                    .write_issued(request, &key, dot, tombstone, node, forgotten)
                 {
                     self.violation(v);
                 }
@@ -1609,6 +1616,27 @@ impl World {
         self.stop_node(i);
         let d = self.slots[i].disk.wipe();
         self.fault(FaultKind::DiskDamage, Some(i), d);
+    }
+
+    /// Whether any node still holds `dot` on `key`: in memory, or on its
+    /// disk (durable or pending), as data or as a hint. A dot issued again
+    /// after its first issue left no copy anywhere confuses no one.
+    fn dot_survives(&self, key: &Bytes, dot: cairn_core::Dot) -> bool {
+        use cairn_core::storage::{decode_record, Record as Stored};
+        self.slots.iter().any(|s| {
+            s.node
+                .as_ref()
+                .and_then(|n| n.key_state(key))
+                .is_some_and(|st| st.context().covers(dot))
+                || s.disk.all_records().any(|(k, v)| {
+                    matches!(
+                        decode_record(k, v),
+                        Ok(Stored::Data { key: ref rk, ref state, .. }
+                            | Stored::Hint { key: ref rk, ref state, .. })
+                            if rk == key && state.context().covers(dot)
+                    )
+                })
+        })
     }
 
     /// The `hint-durable` oracle: node `i` deletes a hint record; the

@@ -11,14 +11,26 @@
 //! `sweep --scenario faulty-disks --unlimited-faults` found nodes whose disk
 //! lost every record starting again as new nodes at epoch 1 and issuing dots
 //! they had issued before (`dot-unique`, seeds 58, 252, 258, 327 and 331).
-//! A node that has run before now starts with `InitialClusterState::Existing`
-//! and learns its epoch from its peers.
+//! Such a node now learns its epoch from its peers (first when started with
+//! `InitialClusterState::Existing`; since the lost-journal fix below, always).
 //!
 //! `sweep --scenario clock-jumps --seeds 0..1000` found deleted values coming
 //! back (seeds 327, 456, 554 and 686, `stale-read` on the converged state):
 //! after its clock stepped back, a node's time stood still until the clock
 //! caught up, so a read it held open for repair sent its long superseded
 //! state after the delete's tombstone had been reaped.
+
+//!
+//! A node whose fjall journal was truncated while it was stopped came back
+//! with an empty disk, as a new node at epoch 1, and reissued dots its
+//! peers held (300 of 300 writes through it lost on a real cluster). The
+//! `lost-journal` scenario empties a stopped node's disk, metadata included,
+//! with no operator flag; on the old code seeds 30, 31, 32, 36, 38 and 39
+//! failed `dot-unique`. A node with an empty disk now asks every peer which
+//! epoch of its own they have seen before it writes anything. Seeds 24, 145
+//! and 165 caught the ways that fix first fell short: a clean shutdown while
+//! asking wrote a clean metadata record at epoch 1, and an epoch taken again
+//! whose earlier dots still lived elsewhere.
 
 use cairn_sim::scenario::builtin;
 use cairn_sim::{run, Outcome, RunConfig};
@@ -65,5 +77,12 @@ fn a_node_whose_disk_lost_everything_reissues_no_dot() {
 fn a_clock_stepping_back_does_not_hold_a_read_repair_open() {
     for seed in [327, 456, 554, 686] {
         passes(seed, "clock-jumps");
+    }
+}
+
+#[test]
+fn a_node_whose_journal_was_lost_reissues_no_dot() {
+    for seed in [24, 30, 31, 32, 36, 38, 39, 145, 165] {
+        passes(seed, "lost-journal");
     }
 }

@@ -91,6 +91,9 @@ pub struct Metrics {
     /// Messages not sent because the agreed protocol cannot carry them.
     pub protocol_mismatch_drops: u64,
     pub corrupt_records: u64,
+    /// Starts with an empty disk that the peers knew had run before (its
+    /// journal was lost): the node took a new epoch and re-synced.
+    pub forgotten_disks: u64,
     pub hints_stored: u64,
     pub hints_delivered: u64,
     pub hints_dropped: u64,
@@ -160,6 +163,8 @@ pub struct Node {
     backups: BTreeMap<IoId, (crate::api::BackupInfo, versions::BackupFor)>,
     /// Restored from backup and not yet past rejoining.
     restored: bool,
+    /// Started with an empty disk: asking the peers whether it ran before.
+    probing: bool,
     rejoin_waiting: BTreeSet<NodeId>,
     learned_epoch: u32,
     /// After a restore: (partition, peer) pairs not yet found equal by
@@ -225,6 +230,7 @@ impl Node {
             resume: BTreeMap::new(),
             backups: BTreeMap::new(),
             restored: false,
+            probing: false,
             rejoin_waiting: BTreeSet::new(),
             learned_epoch: 0,
             resync: None,
@@ -746,6 +752,15 @@ impl Node {
         crate::config::PlantedBugs::default()
     }
 
+    /// The epoch this node tells its peers. While it learns its epoch from
+    /// them it announces none, so their answers are about earlier lives.
+    fn announced_epoch(&self) -> u32 {
+        match self.phase {
+            Phase::Rejoining => 0,
+            _ => self.epoch,
+        }
+    }
+
     /// Whether the node handshakes and gossips in its current phase.
     fn talks_to_peers(&self) -> bool {
         matches!(
@@ -766,6 +781,10 @@ impl Node {
     fn unavailable_reason(&self) -> String {
         match self.phase {
             Phase::Loading | Phase::Recovering => "starting up".into(),
+            Phase::Rejoining if self.probing => alloc::format!(
+                "started with an empty disk; waiting for {:?} to report whether this node ran before",
+                self.rejoin_waiting
+            ),
             Phase::Rejoining => alloc::format!(
                 "restored from backup; waiting for {:?} to report this node's last epoch",
                 self.rejoin_waiting

@@ -83,7 +83,7 @@ impl Node {
     pub fn self_info(&self) -> MemberInfo {
         MemberInfo {
             node: self.cfg.id,
-            epoch: self.epoch,
+            epoch: self.announced_epoch(),
             generation: self.generation,
             heartbeat: self.heartbeat,
             release: self.release.version.into(),
@@ -177,7 +177,7 @@ impl Node {
             node: self.cfg.id,
             release: self.release.version.into(),
             protocols: self.release.protocols,
-            epoch: self.epoch,
+            epoch: self.announced_epoch(),
             your_epoch: 0,
         }
     }
@@ -247,7 +247,7 @@ impl Node {
                     node: self.cfg.id,
                     release: self.release.version.into(),
                     protocols: self.release.protocols,
-                    epoch: self.epoch,
+                    epoch: self.announced_epoch(),
                     protocol,
                     your_epoch: self.epochs_seen.get(&from).copied().unwrap_or(0),
                 });

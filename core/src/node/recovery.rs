@@ -13,7 +13,13 @@
 //! - persists the new metadata, marked unclean, before doing anything else;
 //! - after a restore from backup, the data may predate epochs the node used
 //!   since; it waits until every peer has told it the highest epoch of its
-//!   own they have seen, and takes one above them all.
+//!   own they have seen, and takes one above them all;
+//! - with an empty disk it may be new, or a node whose disk forgot
+//!   everything (a lost journal): it writes nothing and issues no dot until
+//!   every peer has told it the highest epoch of its own they have seen. If
+//!   none has seen it, it is new; otherwise it proceeds as after a restore.
+//!   While it asks, it announces epoch 0, so a peer's answer is about its
+//!   earlier lives only.
 
 use alloc::collections::BTreeSet;
 use alloc::format;
@@ -230,6 +236,11 @@ impl Node {
             );
         }
         let restored = restored || lost;
+        // An empty disk may be a new member's, or one that forgot everything
+        // (a truncated or deleted journal looks the same). Only the peers
+        // can tell: until they have, the node writes nothing and issues no
+        // dot (see `rejoin_report`).
+        self.probing = fresh && !restored;
         let clean = matches!(&meta, Some(m) if m.clean) && corrupt == 0 && !restored;
         let reuse_epoch = clean || (self.bugs().reuse_dots_after_crash && !fresh);
         match &meta {
@@ -258,7 +269,9 @@ impl Node {
         self.next_req = (self.generation << 40) + 1;
         self.restored = restored;
         self.phase = Phase::Recovering;
-        self.write_meta(false);
+        if !self.probing {
+            self.write_meta(false);
+        }
         self.after_durable(Deferred::Serve);
     }
 
@@ -323,26 +336,54 @@ impl Node {
             return;
         }
         self.start_timers();
-        if self.restored {
+        if self.restored || self.probing {
             self.phase = Phase::Rejoining;
             self.rejoin_waiting = self.peers.keys().copied().collect();
+            if self.rejoin_waiting.is_empty() {
+                return self.rejoined();
+            }
             self.hello_all();
             return;
         }
         self.ready();
     }
 
-    /// Every peer has reported the highest epoch of ours it has seen.
+    /// A peer reported the highest epoch of ours it has seen.
     pub(super) fn rejoin_report(&mut self, from: NodeId, your_epoch: u32) {
         if self.phase != Phase::Rejoining {
             return;
         }
         self.learned_epoch = self.learned_epoch.max(your_epoch);
         self.rejoin_waiting.remove(&from);
-        if !self.rejoin_waiting.is_empty() {
-            return;
+        if self.rejoin_waiting.is_empty() {
+            self.rejoined();
         }
-        let epoch = self.epoch.max(self.learned_epoch + 1);
+    }
+
+    /// Every peer has reported the highest epoch of ours it has seen.
+    fn rejoined(&mut self) {
+        if self.probing {
+            self.probing = false;
+            if self.learned_epoch == 0 {
+                // No peer has ever seen this node: it is new.
+                self.phase = Phase::Recovering;
+                self.write_meta(false);
+                self.after_durable(Deferred::Serve);
+                return;
+            }
+            // It has run before and its disk forgot: like a restore, it
+            // takes an epoch above every one its peers saw and re-syncs
+            // before serving reads. The marker makes a restart before the
+            // re-sync completes start over.
+            self.write_record(
+                Bytes::from_static(storage::RESTORED_KEY),
+                Some(storage::restored_marker()),
+            );
+            self.metrics.forgotten_disks += 1;
+        }
+        // Above the epoch it started in too: that one is in its metadata,
+        // though it was never announced.
+        let epoch = self.epoch.max(self.learned_epoch) + 1;
         self.epoch = epoch;
         self.next_counter = 1;
         self.restored = false;
@@ -416,7 +457,11 @@ impl Node {
         }
         self.phase = Phase::Draining;
         self.fail_all_ops();
-        self.write_meta(!self.restored);
+        // A node still asking whether it ran before has no epoch to keep:
+        // its next start must ask again.
+        if !self.probing {
+            self.write_meta(!self.restored);
+        }
         self.after_durable(Deferred::ShutdownDone);
     }
 }

@@ -813,6 +813,57 @@ fn restore_from_backup_learns_its_epochs_from_peers() {
 }
 
 #[test]
+fn a_restored_backup_brings_back_no_delete_reaped_since() {
+    let mut c = Cluster::new(3);
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert_eq!(c.put(1, k, "old", VersionVector::new()), Response::Written);
+    }
+    assert!(matches!(
+        c.admin(2, AdminCommand::Backup),
+        Response::BackedUp { .. }
+    ));
+    for k in &keys {
+        let (_, ctx) = c.get(1, k);
+        assert_eq!(
+            c.request(
+                NodeId(1),
+                Request::Delete {
+                    key: b(k),
+                    context: ctx,
+                }
+            ),
+            Response::Written
+        );
+    }
+    // Long enough for every replica to reap every tombstone.
+    c.run_for(60_000);
+    let reaped: u64 = c
+        .members
+        .clone()
+        .iter()
+        .map(|&m| c.node(m.0).metrics().tombstones_reaped)
+        .sum();
+    assert!(reaped >= 10, "only {reaped} tombstones reaped");
+    c.restore_first_backup(2);
+    c.run_for(30_000);
+    assert!(c.node(2).is_serving(), "{:?}", c.node(2).phase());
+    assert!(!c.has_restore_marker(2));
+    assert!(c.node(2).metrics().restored_keys_dropped > 0);
+    for at in [1, 2, 3] {
+        for k in &keys {
+            assert!(c.get(at, k).0.is_empty(), "{k} came back via n{at}");
+        }
+    }
+    // What the replicas still hold is pulled back, and writes go on.
+    assert_eq!(
+        c.put(2, "new", "v", VersionVector::new()),
+        Response::Written
+    );
+    assert_eq!(c.get(3, "new").0, vec![b("v")]);
+}
+
+#[test]
 fn a_restart_before_the_resync_completes_resyncs_again() {
     let mut c = Cluster::new(3);
     assert!(matches!(

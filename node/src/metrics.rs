@@ -101,6 +101,11 @@ const CORE_COUNTERS: &[(&str, &str, CoreField)] = &[
         |m| m.forgotten_disks,
     ),
     (
+        "restored_keys_dropped",
+        "Restored keys no replica held when the re-sync completed (deleted since the backup)",
+        |m| m.restored_keys_dropped,
+    ),
+    (
         "hints_stored",
         "Hints stored for unreachable replicas",
         |m| m.hints_stored,

@@ -961,6 +961,66 @@ fn a_node_whose_journal_was_lost_takes_a_new_epoch_without_being_told() {
     serves_again(&h, 1, "k", 30, b"v");
 }
 
+/// A counter's value in node `i`'s `/metrics`.
+fn counter(h: &Harness, i: usize, name: &str) -> u64 {
+    let (_, m) = h.client(i).text("/metrics").unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn restoring_a_backup_brings_back_no_delete_reaped_since() {
+    let _g = serial();
+    let mut h = Harness::start(3, &|_, _| {});
+    h.cluster.wait_ready(READY).unwrap();
+    h.wait_all_up(READY);
+    for i in 0..100 {
+        h.client(i % 3)
+            .put(&format!("d-{i}"), b"old", None)
+            .unwrap();
+    }
+    let node2 = h.cluster.nodes[1].http.clone();
+    let (ok, out, _) = h.cli(&["backup", "--node", &node2]);
+    assert!(ok, "{out}");
+    let label = serde_json::from_str::<Value>(&out).unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..100 {
+        let key = format!("d-{i}");
+        let read = h.client(0).get(&key).unwrap();
+        h.client(0).delete(&key, Some(&read.context)).unwrap();
+    }
+    let reaped = "cairn_core_tombstones_reaped_total";
+    wait_for(
+        "every tombstone to be reaped",
+        Duration::from_secs(120),
+        || counter(&h, 0, reaped) >= 100 && counter(&h, 2, reaped) >= 100,
+    );
+    h.cluster.kill(1);
+    let cfg = h.config_path(1);
+    let (ok, _, err) = h.cli(&["restore", "--config", &cfg, "--backup", &label]);
+    assert!(ok, "{err}");
+    h.cluster.spawn(1).unwrap();
+    h.cluster.wait_node_ready(1, READY).unwrap();
+    wait_for("node 2 to re-sync", Duration::from_secs(60), || {
+        h.client(1).get("d-0").is_ok()
+    });
+    for at in [0, 1, 2] {
+        for i in 0..100 {
+            let read = h.client(at).get(&format!("d-{i}")).unwrap();
+            assert!(
+                read.values.is_empty(),
+                "d-{i} came back through node {}: {:?}",
+                at + 1,
+                read.values
+            );
+        }
+    }
+    assert!(counter(&h, 1, "cairn_core_restored_keys_dropped_total") > 0);
+}
+
 /// Waits until node `i` answers reads again, then checks it reads
 /// `{prefix}-0..n` as `value`.
 fn serves_again(h: &Harness, i: usize, prefix: &str, n: usize, value: &[u8]) {

@@ -332,12 +332,12 @@ pub fn builtin(name: &str) -> Option<Scenario> {
         "restore-backup" => (
             UpgradeKind::RestoreBackup,
             &[],
-            "back up a node, let it move on through crashes, restore the backup: it learns its epoch and re-syncs",
+            "back up a node, let it move on through crashes and deletes whose tombstones are reaped, restore the backup: it learns its epoch, re-syncs, and brings back no deleted value",
             50_000,
         ),
         _ => return None,
     };
-    Some(Scenario {
+    let mut s = Scenario {
         name: name.into(),
         description: description.into(),
         faults,
@@ -345,7 +345,20 @@ pub fn builtin(name: &str) -> Option<Scenario> {
         liveness_ms: 90_000,
         upgrade: Some(UpgradeSpec::new(kind, through)),
         ..base
-    })
+    };
+    if kind == UpgradeKind::RestoreBackup {
+        // Deletes made after the backup have their tombstones reaped before
+        // the restore.
+        s.timing.reap_interval_ms = Some(500);
+        s.workload.keys = Span::new(30, 60);
+        s.workload.mix = crate::scenario::MixSpec {
+            read_modify_write: Span::new(30, 60),
+            blind_put: Span::new(0, 10),
+            delete: Span::new(15, 35),
+            read: Span::new(5, 20),
+        };
+    }
+    Some(s)
 }
 
 /// A shorter variant of a built-in version scenario (for tests): a shorter

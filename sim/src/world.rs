@@ -1651,6 +1651,12 @@ impl World {
         if key_schema(record_key) != Some(node.schema()) {
             return;
         }
+        // A node restored from backup drops the hints it loads: they may
+        // carry values deleted since. Hints are never the only copy of an
+        // acknowledged write (strict quorums); anti-entropy repairs targets.
+        if node.is_restoring() {
+            return;
+        }
         // A hint destroyed by a disk fault (the node drops what it cannot
         // decode) is a loss the fault atlas allows, not a removal.
         if self.slots[i].disk.is_damaged(record_key) {

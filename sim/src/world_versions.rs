@@ -359,7 +359,9 @@ fn build_plan(
                 p.push(barrier(t));
             } else {
                 p.push(Step::Backup { node: x });
-                p.push(Step::Sleep(nem.between(3_000, 15_000) * 1000));
+                // Long enough for deletes made after the backup to have
+                // their tombstones reaped (grace 10 s) before the restore.
+                p.push(Step::Sleep(nem.between(14_000, 25_000) * 1000));
                 p.push(Step::Restore {
                     node: x,
                     oldest: false,

@@ -104,6 +104,13 @@ impl Node {
         if !self.replicates(m.partition) {
             return;
         }
+        if !self.quarantine.is_empty() {
+            // Restored and not yet re-synced: this node pulls from its
+            // replicas, it does not answer as one. (Two replicas restored at
+            // once would otherwise find each other equal with nothing pulled
+            // and drop their restored data: they wait instead.)
+            return;
+        }
         let differing = self.store.trees[m.partition as usize].differing(&m.buckets);
         if differing.is_empty() {
             // Say so: a node re-syncing after a restore counts these.

@@ -32,6 +32,8 @@ pub(crate) enum Deferred {
     ShutdownDone,
     /// The last migration step is durable: take the next.
     Migrate,
+    /// Restored data was reconciled: start a migration that waited for it.
+    MigrateIfDue,
     /// Take a backup for this admin request.
     Backup(crate::types::RequestId),
     /// A higher cluster version is durable: act on it.

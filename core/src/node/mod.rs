@@ -94,6 +94,9 @@ pub struct Metrics {
     /// Starts with an empty disk that the peers knew had run before (its
     /// journal was lost): the node took a new epoch and re-synced.
     pub forgotten_disks: u64,
+    /// Restored keys no replica held when the re-sync completed: deleted
+    /// (and reaped) since the backup, or never acknowledged.
+    pub restored_keys_dropped: u64,
     pub hints_stored: u64,
     pub hints_delivered: u64,
     pub hints_dropped: u64,
@@ -165,6 +168,9 @@ pub struct Node {
     restored: bool,
     /// Started with an empty disk: asking the peers whether it ran before.
     probing: bool,
+    /// Keys of restored data held aside until the re-sync completes: never
+    /// served, never sent to a peer (see `recovery`).
+    quarantine: BTreeSet<Bytes>,
     rejoin_waiting: BTreeSet<NodeId>,
     learned_epoch: u32,
     /// After a restore: (partition, peer) pairs not yet found equal by
@@ -231,6 +237,7 @@ impl Node {
             backups: BTreeMap::new(),
             restored: false,
             probing: false,
+            quarantine: BTreeSet::new(),
             rejoin_waiting: BTreeSet::new(),
             learned_epoch: 0,
             resync: None,
@@ -298,6 +305,12 @@ impl Node {
             .get(partition as usize)
             .map_or(0, |t| t.root())
     }
+    /// Restored from backup, and the restored data not yet reconciled
+    /// with the replicas.
+    pub fn is_restoring(&self) -> bool {
+        self.restored || !self.quarantine.is_empty()
+    }
+
     pub fn hint_count(&self) -> usize {
         self.hints.len()
     }
@@ -675,6 +688,7 @@ impl Node {
             Deferred::LocalPut { op } => self.local_put_durable(op),
             Deferred::Serve => self.recovered(),
             Deferred::Migrate => self.migrate_step(),
+            Deferred::MigrateIfDue => self.migrate_if_due(),
             Deferred::Backup(id) => {
                 self.start_backup(versions::BackupFor::Admin(id), "manual".into());
             }

@@ -151,7 +151,13 @@ impl Node {
                 self.write_record(Bytes::from_static(storage::PROGRESS_KEY), None);
             }
         }
-        // Pass 2: the live namespace.
+        // Pass 2: the live namespace. Restored data is held aside: it may
+        // hold values whose deletes were reaped since the backup, so it is
+        // never served or sent to a peer. The re-sync pulls every key from
+        // the replicas instead, and what none of them holds is dropped when
+        // it completes (see `resync_progress`). With W = 1 a restored copy
+        // may be the only one of an acknowledged write, so it is kept.
+        let quarantine = restored && self.cfg.quorum.w > 1;
         let me = self.cfg.id;
         let mut own_epoch = 0u32;
         let mut own_counter = 0u64;
@@ -194,12 +200,21 @@ impl Node {
                         }
                     }
                     self.note_epochs(&state);
-                    self.store.set(&self.ring, &key, Some(state), self.now);
+                    if quarantine {
+                        self.quarantine.insert(key);
+                    } else {
+                        self.store.set(&self.ring, &key, Some(state), self.now);
+                    }
                 }
                 Ok(Record::Hint {
                     target, key, state, ..
                 }) => {
-                    if target != me && self.peers.contains_key(&target) {
+                    if quarantine {
+                        // A restored hint may carry a value deleted since;
+                        // its target took the write, or the re-sync of its
+                        // replicas will bring it.
+                        self.write_record(storage::hint_key(schema, target, &key), None);
+                    } else if target != me && self.peers.contains_key(&target) {
                         self.hints.insert((target, key), state);
                     }
                 }
@@ -414,7 +429,36 @@ impl Node {
     pub(super) fn resync_progress(&mut self) {
         if self.resync.as_ref().is_some_and(|p| p.is_empty()) {
             self.resync = None;
+            self.release_quarantine();
             self.write_record(Bytes::from_static(storage::RESTORED_KEY), None);
+        }
+    }
+
+    /// The re-sync completed: every restored key a replica still holds was
+    /// pulled (with exactly the values the replicas hold); the records of
+    /// the others are deleted. Their values were deleted and reaped since
+    /// the backup, or never acknowledged.
+    fn release_quarantine(&mut self) {
+        let schema = self.schema;
+        for key in core::mem::take(&mut self.quarantine) {
+            if self.store.get(&key).is_none() {
+                let partition = self.ring.partition_of(&key);
+                self.write_record(storage::data_key(schema, partition, &key), None);
+                self.metrics.restored_keys_dropped += 1;
+            }
+        }
+        // A migration that waited for the re-sync starts once those deletes
+        // are durable: it must not count the dropped keys as data.
+        self.after_durable(Deferred::MigrateIfDue);
+    }
+
+    /// Starts a migration that is due and was waiting.
+    pub(super) fn migrate_if_due(&mut self) {
+        if self.phase == Phase::Serving
+            && self.quarantine.is_empty()
+            && self.target_schema() > self.schema
+        {
+            self.start_migration();
         }
     }
 
@@ -429,7 +473,9 @@ impl Node {
     }
 
     fn ready(&mut self) {
-        if self.target_schema() > self.schema {
+        // A migration copies what the store holds: restored data held aside
+        // waits for the re-sync, and the migration with it.
+        if self.target_schema() > self.schema && self.quarantine.is_empty() {
             self.start_migration();
             return;
         }

@@ -156,7 +156,9 @@ enum Command {
         plant_nondeterminism: bool,
     },
     /// Hunt every planted bug in its scenario and print how many seeds,
-    /// how much wall time and which oracle it took to find it.
+    /// how much wall time and which oracle it took to find it; then the
+    /// same in the default sweep (`--scenario all` from seed 0, at most 200
+    /// seeds).
     Power {
         /// Seeds tried per bug, at most.
         #[arg(long, default_value_t = 100)]
@@ -544,9 +546,7 @@ fn main() -> ExitCode {
             cairn_sim::install_panic_hook(true);
             let rows: Vec<_> = cairn_sim::power::table_of(&only, start, budget, jobs);
             print!("{}", cairn_sim::power::render(&rows));
-            let missed = rows
-                .iter()
-                .any(|r| matches!(r.result, cairn_sim::power::Hunt::NotFound { .. }));
+            let missed = cairn_sim::power::any_missed(&rows);
             ExitCode::from(if missed { exit::SAFETY as u8 } else { 0 })
         }
         Command::Bench {

@@ -3,7 +3,9 @@
 //! Every bug of core's `PlantedBugs::NAMES` is hunted in the scenario best
 //! suited to it: seeds are run in order until one fails. The table reports
 //! how many seeds that took, the wall time until then and which oracle
-//! caught it. Bugs whose scenario does not exist in this build are listed as
+//! caught it; then the same for the default sweep (`--scenario all` from
+//! seed 0, seed by seed over every scenario), which must find every bug
+//! within [`SWEEP_BUDGET`] seeds. Bugs whose scenario does not exist in this build are listed as
 //! needing it, never given a result.
 //!
 //! This module also holds the scenarios written for that purpose (under
@@ -86,7 +88,14 @@ pub struct Row {
     pub bug: &'static str,
     pub scenario: &'static str,
     pub result: Hunt,
+    /// The default sweep (`--scenario all` from seed 0), and the scenario
+    /// that failed first in it.
+    pub sweep: (Hunt, String),
 }
+
+/// A planted bug the default sweep needs more seeds than this to find is a
+/// gap in the sweep.
+pub const SWEEP_BUDGET: u64 = 200;
 
 #[derive(Clone, Debug)]
 pub enum Hunt {
@@ -119,31 +128,56 @@ pub fn caught_by(outcome: &Outcome) -> String {
 /// Runs seeds `start..start + budget` of `scenario` with `bug` on, `jobs`
 /// at a time, until the first failure (the lowest failing seed counts).
 pub fn hunt(bug: PlantedBug, scenario: &Scenario, start: u64, budget: u64, jobs: usize) -> Hunt {
+    hunt_in(bug, std::slice::from_ref(scenario), start, budget, jobs).0
+}
+
+/// Hunts `bug` as the sweep `--scenario all --seeds start..` would meet
+/// it: seed by seed, every sweepable scenario at each seed. `seeds` in the
+/// result is the K of the shortest `--seeds start..start+K` that finds it;
+/// the second value names the scenario that failed.
+pub fn hunt_sweep(bug: PlantedBug, start: u64, budget: u64, jobs: usize) -> (Hunt, String) {
+    let scenarios = crate::scenario_file::sweepable();
+    let (hunt, at) = hunt_in(bug, &scenarios, start, budget, jobs);
+    (hunt, at.map_or_else(String::new, |i| scenarios[i].name.clone()))
+}
+
+/// Runs `(seed, scenario)` pairs seed-major (each seed of `start..start +
+/// budget` over every scenario), `jobs` at a time, until the first failure;
+/// the earliest failing pair in that order counts. Returns the index of its
+/// scenario.
+fn hunt_in(
+    bug: PlantedBug,
+    scenarios: &[Scenario],
+    start: u64,
+    budget: u64,
+    jobs: usize,
+) -> (Hunt, Option<usize>) {
     let started = Instant::now();
+    let per_seed = scenarios.len() as u64;
     let jobs = jobs.max(1) as u64;
-    let mut next = start;
-    let end = start + budget;
-    while next < end {
-        let chunk: Vec<u64> = (next..end.min(next + jobs)).collect();
+    let total = budget * per_seed;
+    let mut next = 0;
+    while next < total {
+        let chunk: Vec<u64> = (next..total.min(next + jobs)).collect();
         next += chunk.len() as u64;
         let first = AtomicU64::new(u64::MAX);
         let mut found: Vec<(u64, Outcome, String)> = Vec::new();
         std::thread::scope(|s| {
             let handles: Vec<_> = chunk
                 .iter()
-                .map(|&seed| {
+                .map(|&pos| {
                     let first = &first;
                     s.spawn(move || {
                         let r = run(&RunConfig {
-                            seed,
-                            scenario: scenario.clone(),
+                            seed: start + pos / per_seed,
+                            scenario: scenarios[(pos % per_seed) as usize].clone(),
                             bugs: vec![bug],
                             trace: None,
                         });
                         if !r.outcome.is_pass() {
-                            first.fetch_min(seed, Ordering::Relaxed);
+                            first.fetch_min(pos, Ordering::Relaxed);
                         }
-                        (seed, r.outcome.clone(), r.replay_command())
+                        (pos, r.outcome.clone(), r.replay_command())
                     })
                 })
                 .collect();
@@ -154,20 +188,22 @@ pub fn hunt(bug: PlantedBug, scenario: &Scenario, start: u64, budget: u64, jobs:
             }
         });
         let lowest = first.load(Ordering::Relaxed);
-        if let Some((seed, outcome, replay)) = found.into_iter().find(|(s, _, _)| *s == lowest) {
-            return Hunt::Found {
-                seeds: seed - start + 1,
-                seed,
+        if let Some((pos, outcome, replay)) = found.into_iter().find(|(p, _, _)| *p == lowest) {
+            let hunt = Hunt::Found {
+                seeds: pos / per_seed + 1,
+                seed: start + pos / per_seed,
                 wall: started.elapsed(),
                 oracle: caught_by(&outcome),
                 replay,
             };
+            return (hunt, Some((pos % per_seed) as usize));
         }
     }
-    Hunt::NotFound {
+    let hunt = Hunt::NotFound {
         seeds: budget,
         wall: started.elapsed(),
-    }
+    };
+    (hunt, None)
 }
 
 /// Hunts every planted bug in its scenario.
@@ -190,47 +226,74 @@ pub fn table_of(only: &[PlantedBug], start: u64, budget: u64, jobs: usize) -> Ve
                 bug: bug.name,
                 scenario: name,
                 result,
+                sweep: hunt_sweep(bug, 0, SWEEP_BUDGET, jobs),
             }
         })
         .collect()
 }
 
-/// The table as text.
+/// A hunt's seeds, wall time and catching oracle, as table cells.
+fn cells(h: &Hunt, scenario: &str) -> (String, String, String) {
+    match h {
+        Hunt::NeedsScenario => (
+            "-".to_string(),
+            "-".to_string(),
+            format!("needs scenario {scenario}"),
+        ),
+        Hunt::Found {
+            seeds,
+            seed,
+            wall,
+            oracle,
+            ..
+        } => (
+            format!("{seeds} (seed {seed})"),
+            format!("{:.2} s", wall.as_secs_f64()),
+            oracle.clone(),
+        ),
+        Hunt::NotFound { seeds, wall } => (
+            format!(">{seeds}"),
+            format!("{:.2} s", wall.as_secs_f64()),
+            "NOT FOUND".to_string(),
+        ),
+    }
+}
+
+/// The table as text: the hunt in each bug's own scenario, then in the
+/// default sweep (`--scenario all` from seed 0, at most
+/// [`SWEEP_BUDGET`] seeds).
 pub fn render(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<34} {:<20} {:>16} {:>10}  {}\n",
-        "planted bug", "scenario", "seeds to find", "wall", "caught by"
+        "{:<34} {:<20} {:>14} {:>9}  {:<24} | {:>14} {:>9}  {}\n",
+        "planted bug",
+        "scenario",
+        "seeds to find",
+        "wall",
+        "caught by",
+        "default sweep",
+        "wall",
+        "caught by (in scenario)"
     );
     for r in rows {
-        let (seeds, wall, by) = match &r.result {
-            Hunt::NeedsScenario => (
-                "-".to_string(),
-                "-".to_string(),
-                format!("needs scenario {}", r.scenario),
-            ),
-            Hunt::Found {
-                seeds,
-                seed,
-                wall,
-                oracle,
-                ..
-            } => (
-                format!("{seeds} (seed {seed})"),
-                format!("{:.2} s", wall.as_secs_f64()),
-                oracle.clone(),
-            ),
-            Hunt::NotFound { seeds, wall } => (
-                format!(">{seeds}"),
-                format!("{:.2} s", wall.as_secs_f64()),
-                "NOT FOUND".to_string(),
-            ),
+        let (seeds, wall, by) = cells(&r.result, r.scenario);
+        let (sweep_seeds, sweep_wall, sweep_by) = cells(&r.sweep.0, "");
+        let sweep_by = match &r.sweep.0 {
+            Hunt::Found { .. } => format!("{sweep_by} (in {})", r.sweep.1),
+            _ => sweep_by,
         };
         out.push_str(&format!(
-            "{:<34} {:<20} {:>16} {:>10}  {}\n",
-            r.bug, r.scenario, seeds, wall, by
+            "{:<34} {:<20} {:>14} {:>9}  {:<24} | {:>14} {:>9}  {}\n",
+            r.bug, r.scenario, seeds, wall, by, sweep_seeds, sweep_wall, sweep_by
         ));
     }
     out
+}
+
+/// Whether some bug went unfound (in its scenario or in the default sweep).
+pub fn any_missed(rows: &[Row]) -> bool {
+    rows.iter().any(|r| {
+        matches!(r.result, Hunt::NotFound { .. }) || matches!(r.sweep.0, Hunt::NotFound { .. })
+    })
 }
 
 #[cfg(test)]

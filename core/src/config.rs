@@ -55,6 +55,10 @@ pub struct Timing {
     pub reap_interval: Duration,
     /// How often an unanswered handshake is retried.
     pub handshake_retry: Duration,
+    /// How long a node with an empty disk waits for every peer to say
+    /// whether it ran before; after that the answers of a majority of the
+    /// members suffice (see `node::recovery`).
+    pub probe_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -72,6 +76,7 @@ impl Default for Timing {
             tombstone_grace: Duration::from_secs(10),
             reap_interval: Duration::from_secs(2),
             handshake_retry: Duration::from_millis(500),
+            probe_timeout: Duration::from_secs(10),
         }
     }
 }

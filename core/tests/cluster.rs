@@ -600,6 +600,33 @@ fn a_new_node_waits_for_every_peer_before_taking_its_first_epoch() {
     serves_with_an_epoch_above(&c, 3, 1);
 }
 
+#[test]
+fn a_new_node_goes_on_with_a_majority_when_a_peer_never_answers() {
+    let mut c = Cluster::new(3);
+    c.crash(NodeId(3));
+    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.cut = vec![(NodeId(3), NodeId(1)), (NodeId(1), NodeId(3))];
+    c.start(NodeId(3));
+    c.run_for(5_000);
+    assert_eq!(c.node(3).phase(), Phase::Rejoining);
+    // Past the probe timeout, node 2's answer (it saw epoch 1) and its own
+    // make a majority: it takes an epoch past 1 by a random step.
+    c.run_for(10_000);
+    assert_ne!(c.node(3).phase(), Phase::Rejoining);
+    assert!(c.node(3).epoch() > 2, "epoch {}", c.node(3).epoch());
+    // Alone with no peer answering, a node keeps waiting.
+    let mut c = Cluster::new(3);
+    c.crash(NodeId(3));
+    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.cut = [1, 2]
+        .iter()
+        .flat_map(|&p| [(NodeId(3), NodeId(p)), (NodeId(p), NodeId(3))])
+        .collect();
+    c.start(NodeId(3));
+    c.run_for(20_000);
+    assert_eq!(c.node(3).phase(), Phase::Rejoining);
+}
+
 /// Node `id` serves, at an epoch above every epoch it `used` before.
 fn serves_with_an_epoch_above(c: &Cluster, id: u32, used: u32) {
     let n = c.node(id);

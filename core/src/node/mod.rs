@@ -168,6 +168,10 @@ pub struct Node {
     restored: bool,
     /// Started with an empty disk: asking the peers whether it ran before.
     probing: bool,
+    /// When it started asking.
+    probe_since: Time,
+    /// Added to the epoch it takes when some peers never answered.
+    epoch_jump: u32,
     /// Keys of restored data held aside until the re-sync completes: never
     /// served, never sent to a peer (see `recovery`).
     quarantine: BTreeSet<Bytes>,
@@ -237,6 +241,8 @@ impl Node {
             backups: BTreeMap::new(),
             restored: false,
             probing: false,
+            probe_since: now,
+            epoch_jump: 0,
             quarantine: BTreeSet::new(),
             rejoin_waiting: BTreeSet::new(),
             learned_epoch: 0,
@@ -531,6 +537,7 @@ impl Node {
         if now >= self.timers.handshake {
             self.timers.handshake = now + self.cfg.timing.handshake_retry;
             self.retry_handshakes();
+            self.probe_deadline();
         }
         if now >= self.timers.gossip {
             let d = self.jitter(self.cfg.timing.gossip_interval);

@@ -26,6 +26,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bytes::Bytes;
+use rand_core::RngCore;
 
 use crate::api::{Event, Output, ReadRequest};
 use crate::config::InitialClusterState;
@@ -353,6 +354,7 @@ impl Node {
         self.start_timers();
         if self.restored || self.probing {
             self.phase = Phase::Rejoining;
+            self.probe_since = self.now;
             self.rejoin_waiting = self.peers.keys().copied().collect();
             if self.rejoin_waiting.is_empty() {
                 return self.rejoined();
@@ -375,12 +377,38 @@ impl Node {
         }
     }
 
-    /// Every peer has reported the highest epoch of ours it has seen.
+    /// A node with an empty disk that has asked for `probe_timeout` goes on
+    /// once a majority of the members (itself included) has answered: a
+    /// new cluster must not wait for ever on a member that never comes (or
+    /// that it refuses). The silent peers may know epochs of its own the
+    /// others do not, so it takes its epoch a random step (up to 65,536)
+    /// further: reusing one of theirs becomes unlikely, not impossible.
+    pub(super) fn probe_deadline(&mut self) {
+        if !self.probing || self.phase != Phase::Rejoining {
+            return;
+        }
+        if self.now.saturating_since(self.probe_since) < self.cfg.timing.probe_timeout {
+            return;
+        }
+        let members = self.peers.len() + 1;
+        let answered = members - self.rejoin_waiting.len();
+        if answered * 2 <= members {
+            return;
+        }
+        self.epoch_jump = 1 + self.rng.next_u32() % 65_536;
+        self.rejoin_waiting.clear();
+        self.rejoined();
+    }
+
+    /// Every peer has reported the highest epoch of ours it has seen (or,
+    /// after `probe_deadline`, a majority of the members has).
     fn rejoined(&mut self) {
+        let jump = core::mem::take(&mut self.epoch_jump);
         if self.probing {
             self.probing = false;
             if self.learned_epoch == 0 {
                 // No peer has ever seen this node: it is new.
+                self.epoch += jump;
                 self.phase = Phase::Recovering;
                 self.write_meta(false);
                 self.after_durable(Deferred::Serve);
@@ -398,7 +426,7 @@ impl Node {
         }
         // Above the epoch it started in too: that one is in its metadata,
         // though it was never announced.
-        let epoch = self.epoch.max(self.learned_epoch) + 1;
+        let epoch = self.epoch.max(self.learned_epoch) + 1 + jump;
         self.epoch = epoch;
         self.next_counter = 1;
         self.restored = false;

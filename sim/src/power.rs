@@ -138,7 +138,10 @@ pub fn hunt(bug: PlantedBug, scenario: &Scenario, start: u64, budget: u64, jobs:
 pub fn hunt_sweep(bug: PlantedBug, start: u64, budget: u64, jobs: usize) -> (Hunt, String) {
     let scenarios = crate::scenario_file::sweepable();
     let (hunt, at) = hunt_in(bug, &scenarios, start, budget, jobs);
-    (hunt, at.map_or_else(String::new, |i| scenarios[i].name.clone()))
+    (
+        hunt,
+        at.map_or_else(String::new, |i| scenarios[i].name.clone()),
+    )
 }
 
 /// Runs `(seed, scenario)` pairs seed-major (each seed of `start..start +

@@ -11,29 +11,56 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::dvv::{Dot, Sibling, VersionVector};
+use crate::dvv::{Dot, Sibling};
 use crate::types::{IoId, NodeId, RequestId, Time};
 
-/// An opaque causal context handed to clients with every read and returned
-/// with writes. Encode it with [`encode_context`] to give it to a client.
-pub type Context = VersionVector;
+/// An opaque causal context as clients hold it: what a read returns and a
+/// following write of the same key passes back. It is a token the cluster
+/// authenticated and bound to its key (see [`crate::context`]); clients
+/// store and return its bytes unchanged. The empty context means "saw
+/// nothing" (a blind write).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Context(Bytes);
 
-/// Encodes a causal context as opaque bytes for clients.
-pub fn encode_context(ctx: &Context) -> Vec<u8> {
-    postcard::to_allocvec(ctx).unwrap_or_default()
+impl Context {
+    /// The empty context.
+    pub fn new() -> Context {
+        Context(Bytes::new())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
-/// Decodes client-supplied context bytes; malformed input is an error, never
-/// a panic.
-pub fn decode_context(bytes: &[u8]) -> Result<Context, crate::Error> {
-    let ctx: Context =
-        postcard::from_bytes(bytes).map_err(|e| crate::Error::BadContext(alloc::format!("{e}")))?;
-    if !ctx.is_well_formed() {
-        return Err(crate::Error::BadContext(
-            "entries not sorted or zero".into(),
-        ));
+impl From<Bytes> for Context {
+    fn from(bytes: Bytes) -> Context {
+        Context(bytes)
     }
-    Ok(ctx)
+}
+
+impl From<Vec<u8>> for Context {
+    fn from(bytes: Vec<u8>) -> Context {
+        Context(Bytes::from(bytes))
+    }
+}
+
+impl From<&[u8]> for Context {
+    fn from(bytes: &[u8]) -> Context {
+        Context(Bytes::copy_from_slice(bytes))
+    }
 }
 
 /// Everything a node reacts to.
@@ -145,7 +172,10 @@ pub enum IoResult {
     Failed(String),
 }
 
-/// A client request.
+/// A client request. A write's context is checked where the request enters
+/// the cluster (refused with [`ClientError::BadContext`] unless it is a
+/// token this cluster issued for the same key); only the checked version
+/// vector travels on to replicas (see [`crate::wire::ForwardedRequest`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Get {
@@ -216,6 +246,11 @@ pub enum ClientError {
     /// An admin command was refused; the reason says what blocks it.
     #[error("refused: {0}")]
     Refused(String),
+    /// A write's context was refused (forged, read from another key, of an
+    /// unknown format, truncated or oversized); the write changed nothing.
+    /// Never sent to a peer: contexts are checked where requests enter.
+    #[error("bad context: {0}")]
+    BadContext(String),
 }
 
 /// Observations: for oracles, metrics and traces. Never needed for correctness.

@@ -2,6 +2,7 @@
 
 use alloc::vec::Vec;
 
+use crate::context::ContextKey;
 use crate::types::{Duration, NodeId};
 use crate::version::ReleaseId;
 
@@ -101,6 +102,15 @@ pub struct Limits {
     pub max_ae_keys: usize,
     /// Outputs buffered before a drain (a bug if exceeded).
     pub max_outputs: usize,
+    /// Entries (actors) a client's context may name. A key's true context
+    /// names one entry per node incarnation that wrote it; a context with
+    /// more is refused (and so is a read's context beyond it, when written
+    /// back: raise the limit if a cluster's history outgrows it).
+    pub max_context_entries: usize,
+    /// Bytes a client's context token may take; at least what
+    /// `max_context_entries` entries can need
+    /// ([`crate::context::max_token_len`]).
+    pub max_context_len: usize,
 }
 
 impl Default for Limits {
@@ -115,6 +125,8 @@ impl Default for Limits {
             max_message_len: 16 << 20,
             max_ae_keys: 256,
             max_outputs: 1 << 20,
+            max_context_entries: 1024,
+            max_context_len: 32 << 10,
         }
     }
 }
@@ -222,6 +234,13 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Seeds every random choice of this node (gossip peers, jitter).
     pub seed: u64,
+    /// Authenticates the causal contexts handed to clients. Every member
+    /// of a cluster must have the same one, or a context read through one
+    /// node is refused by another; the production node derives it from the
+    /// cluster secret ([`ContextKey::derive`]). [`NodeConfig::new`] derives
+    /// a key from the seed alone, which fails closed: contexts verify only
+    /// on nodes with that same seed.
+    pub context_key: ContextKey,
     #[cfg(feature = "planted-bugs")]
     pub bugs: PlantedBugs,
 }
@@ -240,6 +259,7 @@ impl NodeConfig {
             timing: Timing::default(),
             limits: Limits::default(),
             seed,
+            context_key: ContextKey::derive(&seed.to_le_bytes()),
             #[cfg(feature = "planted-bugs")]
             bugs: PlantedBugs::default(),
         }
@@ -307,6 +327,20 @@ impl NodeConfig {
             return bad(
                 "partitions",
                 "partitions and vnodes must be at least 1".into(),
+            );
+        }
+        let l = &self.limits;
+        if l.max_context_entries == 0 {
+            return bad("limits.max_context_entries", "must be at least 1".into());
+        }
+        let needed = crate::context::max_token_len(l.max_context_entries);
+        if l.max_context_len < needed {
+            return bad(
+                "limits.max_context_len",
+                format!(
+                    "{} bytes cannot hold a context of max_context_entries = {} entries (needs {needed})",
+                    l.max_context_len, l.max_context_entries
+                ),
             );
         }
         if self.release.get().is_none() {

@@ -9,6 +9,7 @@
 //! - [`node`]: the node state machine (coordinator, replica, hints,
 //!   anti-entropy, gossip, durability).
 //! - [`dvv`]: dotted version vectors, the causality of a key.
+//! - [`context`]: the authenticated, key-bound causal contexts clients hold.
 //! - [`ring`]: partitions and preference lists.
 //! - [`merkle`]: per-partition hash trees for anti-entropy.
 //! - [`wire`]: the versioned envelope, handshake and message codecs.
@@ -23,6 +24,7 @@ extern crate alloc;
 
 pub mod api;
 pub mod config;
+pub mod context;
 pub mod dvv;
 pub mod merkle;
 pub mod node;
@@ -37,6 +39,7 @@ pub use api::{
     Request, Response,
 };
 pub use config::{InitialClusterState, Limits, NodeConfig, Quorum, Timing};
+pub use context::ContextKey;
 pub use dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
 pub use node::Node;
 pub use types::{Duration, IoId, NodeId, RequestId, Time};
@@ -50,8 +53,6 @@ pub enum Error {
     Body(alloc::string::String),
     #[error("corrupt storage record: {0}")]
     Storage(alloc::string::String),
-    #[error("bad causal context: {0}")]
-    BadContext(alloc::string::String),
     #[error("invalid configuration: {0}")]
     Config(alloc::string::String),
 }

@@ -8,8 +8,8 @@ use cairn_core::api::{Input, IoResult, Output, ReadRequest, Request, Response};
 use cairn_core::node::Phase;
 use cairn_core::version::ReleaseId;
 use cairn_core::{
-    AdminCommand, BackupInfo, Event, InitialClusterState, Node, NodeConfig, NodeId, RequestId,
-    Time, VersionVector,
+    context, Actor, AdminCommand, BackupInfo, ClientError, Context, ContextKey, Event,
+    InitialClusterState, Node, NodeConfig, NodeId, RequestId, Time, VersionVector,
 };
 
 struct Disk {
@@ -79,6 +79,7 @@ impl Cluster {
 
     fn start_as(&mut self, id: NodeId, state: InitialClusterState) {
         let mut cfg = NodeConfig::new(id, self.members.clone(), 7 + id.0 as u64);
+        cfg.context_key = ContextKey::derive(b"the test cluster's secret");
         cfg.release = self.releases[&id];
         cfg.initial_cluster_version = Some(self.initial_cv);
         cfg.initial_cluster_state = state;
@@ -286,7 +287,7 @@ impl Cluster {
         s
     }
 
-    fn get(&mut self, at: u32, key: &str) -> (Vec<Bytes>, VersionVector) {
+    fn get(&mut self, at: u32, key: &str) -> (Vec<Bytes>, Context) {
         match self.request(
             NodeId(at),
             Request::Get {
@@ -301,7 +302,7 @@ impl Cluster {
         }
     }
 
-    fn put(&mut self, at: u32, key: &str, value: &str, context: VersionVector) -> Response {
+    fn put(&mut self, at: u32, key: &str, value: &str, context: Context) -> Response {
         self.request(
             NodeId(at),
             Request::Put {
@@ -334,7 +335,7 @@ fn nodes_start_and_connect() {
 #[test]
 fn write_on_one_node_read_on_another() {
     let mut c = Cluster::new(5);
-    assert_eq!(c.put(1, "k", "v1", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "v1", Context::new()), Response::Written);
     for at in 1..=5 {
         assert_eq!(c.get(at, "k").0, vec![b("v1")]);
     }
@@ -343,7 +344,7 @@ fn write_on_one_node_read_on_another() {
 #[test]
 fn a_read_asks_r_replicas_and_hedges_to_the_rest_when_one_is_silent() {
     let mut c = Cluster::new(3);
-    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "v", Context::new()), Response::Written);
     c.run_for(100);
     // Healthy: R replicas answer, nobody else is asked.
     assert_eq!(c.get(1, "k").0, vec![b("v")]);
@@ -372,8 +373,8 @@ fn a_read_asks_r_replicas_and_hedges_to_the_rest_when_one_is_silent() {
 #[test]
 fn concurrent_writes_become_siblings_and_a_context_resolves_them() {
     let mut c = Cluster::new(3);
-    assert_eq!(c.put(1, "k", "a", VersionVector::new()), Response::Written);
-    assert_eq!(c.put(2, "k", "b", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "a", Context::new()), Response::Written);
+    assert_eq!(c.put(2, "k", "b", Context::new()), Response::Written);
     let (vals, ctx) = c.get(3, "k");
     assert_eq!(vals.len(), 2, "{vals:?}");
     assert_eq!(c.put(3, "k", "c", ctx), Response::Written);
@@ -383,7 +384,7 @@ fn concurrent_writes_become_siblings_and_a_context_resolves_them() {
 #[test]
 fn acknowledged_write_survives_a_crash_of_its_coordinator() {
     let mut c = Cluster::new(3);
-    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "v", Context::new()), Response::Written);
     c.crash(NodeId(1));
     assert_eq!(c.get(2, "k").0, vec![b("v")]);
     c.start(NodeId(1));
@@ -398,7 +399,7 @@ fn hints_are_stored_and_drained_and_replicas_converge() {
     let mut c = Cluster::new(3);
     // Node 3 hears nothing.
     c.cut = vec![(NodeId(1), NodeId(3)), (NodeId(2), NodeId(3))];
-    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "v", Context::new()), Response::Written);
     c.run_for(1000);
     let hints: usize = c
         .nodes
@@ -428,7 +429,7 @@ fn hints_are_stored_and_drained_and_replicas_converge() {
 #[test]
 fn deletes_are_tombstones_then_reaped_everywhere() {
     let mut c = Cluster::new(3);
-    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "v", Context::new()), Response::Written);
     let (_, ctx) = c.get(2, "k");
     let r = c.request(
         NodeId(2),
@@ -474,7 +475,7 @@ fn anti_entropy_repairs_a_replica_that_lost_its_data() {
     let mut c = Cluster::new(3);
     for i in 0..20 {
         assert_eq!(
-            c.put(1, &format!("k{i}"), "v", VersionVector::new()),
+            c.put(1, &format!("k{i}"), "v", Context::new()),
             Response::Written
         );
     }
@@ -505,7 +506,7 @@ fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
         c.start(NodeId(2));
         c.run_for(500);
         assert_eq!(
-            c.put(2, &format!("k{i}"), "v", VersionVector::new()),
+            c.put(2, &format!("k{i}"), "v", Context::new()),
             Response::Written
         );
     }
@@ -710,7 +711,7 @@ fn rolling_upgrade_with_finalization_migrates_every_node() {
                 1 + i % 3,
                 &format!("k{i}"),
                 &format!("v{i}"),
-                VersionVector::new()
+                Context::new()
             ),
             Response::Written
         );
@@ -781,7 +782,7 @@ fn rollback_before_finalization_loses_nothing() {
     let mut c = Cluster::with_release(3, release("0.1.0"));
     c.restart_as(1, release("0.2.0"));
     assert_eq!(
-        c.put(1, "k", "written by 0.2", VersionVector::new()),
+        c.put(1, "k", "written by 0.2", Context::new()),
         Response::Written
     );
     c.restart_as(1, release("0.1.0"));
@@ -824,10 +825,7 @@ fn restore_from_backup_learns_its_epochs_from_peers() {
         c.crash(NodeId(2));
         c.start(NodeId(2));
         c.run_for(500);
-        assert_eq!(
-            c.put(2, "after", "x", VersionVector::new()),
-            Response::Written
-        );
+        assert_eq!(c.put(2, "after", "x", Context::new()), Response::Written);
     }
     let used = c.node(2).epoch();
     c.restore_first_backup(2);
@@ -947,7 +945,7 @@ fn a_restart_before_the_resync_completes_resyncs_again() {
 #[test]
 fn a_data_directory_from_a_newer_schema_is_refused() {
     let mut c = Cluster::new(3);
-    assert_eq!(c.put(1, "k", "v", VersionVector::new()), Response::Written);
+    assert_eq!(c.put(1, "k", "v", Context::new()), Response::Written);
     c.restart_as(1, release("0.1.0"));
     let n1 = c.node(1);
     assert_eq!(n1.phase(), Phase::Refusing);
@@ -994,4 +992,128 @@ fn a_backward_step_of_the_drivers_clock_does_not_stop_the_nodes_timers() {
     node.handle_input(Input::Timeout(later));
     let at = settle(&mut node, later);
     assert!(at.as_micros() < later.as_micros() + 5_000_000, "{at:?}");
+}
+
+// ---- client contexts -------------------------------------------------------
+
+fn actor(node: u32, epoch: u32) -> Actor {
+    Actor {
+        node: NodeId(node),
+        epoch,
+    }
+}
+
+fn bad_context(r: &Response) -> &str {
+    match r {
+        Response::Error(ClientError::BadContext(why)) => why,
+        other => panic!("expected a bad context, got {other:?}"),
+    }
+}
+
+/// The outside test that found the bug: a context claiming versions of the
+/// other nodes far beyond what they issued, sent through node 1, made every
+/// later write through nodes 2 and 3 look already seen.
+#[test]
+fn a_forged_context_is_refused_and_later_writes_survive() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "k", "first", Context::new()), Response::Written);
+    let forged = VersionVector::from_entries([
+        (actor(2, 1), 1_000_000_000_000),
+        (actor(3, 1), 1_000_000_000_000),
+    ]);
+    let issued = |c: &Cluster| {
+        c.events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::WriteIssued { .. }))
+            .count()
+    };
+    let before = issued(&c);
+    for token in [
+        context::with_tag(&forged, [0; context::TAG_LEN]),
+        Context::from(context::legacy_encoding(&forged)),
+    ] {
+        let r = c.put(1, "k", "forged", token);
+        assert!(!bad_context(&r).is_empty());
+    }
+    assert_eq!(issued(&c), before, "a refused write issued a dot");
+    assert_eq!(c.node(1).metrics().bad_contexts, 2);
+    for (at, v) in [(2, "via 2"), (3, "via 3"), (2, "via 2 again")] {
+        assert_eq!(c.put(at, "k", v, Context::new()), Response::Written);
+    }
+    c.run_for(2000);
+    for at in 1..=3 {
+        let mut vals = c.get(at, "k").0;
+        vals.sort();
+        assert_eq!(
+            vals,
+            vec![b("first"), b("via 2"), b("via 2 again"), b("via 3")],
+            "read through n{at}"
+        );
+    }
+}
+
+#[test]
+fn contexts_of_another_key_unknown_formats_truncated_and_oversized_are_refused() {
+    let mut c = Cluster::new(3);
+    assert_eq!(c.put(1, "a", "a1", Context::new()), Response::Written);
+    assert_eq!(c.put(1, "b", "b1", Context::new()), Response::Written);
+    let (_, of_a) = c.get(2, "a");
+    let r = c.put(3, "b", "b2", of_a.clone());
+    assert!(bad_context(&r).contains("another key"), "{r:?}");
+    let cut = Context::from(&of_a.as_bytes()[..of_a.len() - 3]);
+    let r = c.put(3, "a", "a2", cut);
+    assert!(bad_context(&r).contains("malformed"), "{r:?}");
+    let mut old = of_a.as_bytes().to_vec();
+    old[0] = 0x01;
+    let r = c.put(3, "a", "a2", Context::from(old));
+    assert!(bad_context(&r).contains("unknown format"), "{r:?}");
+    let huge = VersionVector::from_entries((1..=5000).map(|n| (actor(n, 1), 1)));
+    let r = c.put(
+        3,
+        "a",
+        "a2",
+        context::with_tag(&huge, [7; context::TAG_LEN]),
+    );
+    assert!(bad_context(&r).contains("oversized"), "{r:?}");
+    let r = c.request(
+        NodeId(3),
+        Request::Delete {
+            key: b("b"),
+            context: of_a,
+        },
+    );
+    bad_context(&r);
+    // Nothing changed.
+    assert_eq!(c.get(1, "a").0, vec![b("a1")]);
+    assert_eq!(c.get(1, "b").0, vec![b("b1")]);
+}
+
+/// A context read long ago, before many other writes (and a restart of its
+/// coordinator), is still the key's own: the write supersedes what it saw
+/// and leaves everything newer as siblings.
+#[test]
+fn a_context_read_long_ago_stays_valid_on_its_key() {
+    let mut c = Cluster::new(5);
+    assert_eq!(c.put(1, "k", "old", Context::new()), Response::Written);
+    let (_, long_ago) = c.get(4, "k");
+    for i in 0..20 {
+        let (_, ctx) = c.get(1 + i % 5, "k");
+        assert_eq!(
+            c.put(1 + (i + 1) % 5, "k", &format!("v{i}"), ctx),
+            Response::Written
+        );
+    }
+    c.restart_as(2, ReleaseId::current());
+    // Written through every node, replicas and non-replicas (which forward
+    // the checked context).
+    assert_eq!(c.put(5, "k", "late", long_ago.clone()), Response::Written);
+    let mut vals = c.get(3, "k").0;
+    vals.sort();
+    assert_eq!(vals, vec![b("late"), b("v19")]);
+    for at in 1..=4 {
+        assert_eq!(
+            c.put(at, "k", &format!("late {at}"), long_ago.clone()),
+            Response::Written
+        );
+    }
 }

@@ -9,7 +9,9 @@ mod checks;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use cairn_core::api::{self, BackupInfo, ClientError, Request, Response};
+use cairn_core::api::{BackupInfo, ClientError};
+use cairn_core::config::Limits;
+use cairn_core::context::{self, ContextKey, ContextMac};
 use cairn_core::dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
 use cairn_core::storage::{self, Meta, Progress, Record};
 use cairn_core::version::{negotiate, ProtocolRange, RELEASES};
@@ -158,39 +160,42 @@ fn member() -> impl Strategy<Value = MemberInfo> {
         )
 }
 
-fn request() -> impl Strategy<Value = Request> {
+fn request() -> impl Strategy<Value = ForwardedRequest> {
     prop_oneof![
-        small_bytes().prop_map(|key| Request::Get { key }),
-        (small_bytes(), value_bytes(), vv()).prop_map(|(key, value, context)| Request::Put {
-            key,
-            value,
-            context
+        small_bytes().prop_map(|key| ForwardedRequest::Get { key }),
+        (small_bytes(), value_bytes(), vv()).prop_map(|(key, value, context)| {
+            ForwardedRequest::Put {
+                key,
+                value,
+                context,
+            }
         }),
-        (small_bytes(), vv()).prop_map(|(key, context)| Request::Delete { key, context }),
+        (small_bytes(), vv()).prop_map(|(key, context)| ForwardedRequest::Delete { key, context }),
     ]
 }
 
-fn response() -> impl Strategy<Value = Response> {
+fn response() -> impl Strategy<Value = ForwardedResponse> {
     prop_oneof![
         (
             prop::collection::vec((dot(), prop::option::of(small_bytes())), 0..3),
             vv()
         )
-            .prop_map(|(s, context)| Response::Read {
+            .prop_map(|(s, context)| ForwardedResponse::Read {
                 siblings: s
                     .into_iter()
                     .map(|(dot, value)| Sibling { dot, value })
                     .collect(),
                 context,
             }),
-        Just(Response::Written),
-        text().prop_map(|r| Response::Error(ClientError::Unavailable(r))),
-        (any::<u8>(), any::<u8>())
-            .prop_map(|(acks, needed)| Response::Error(ClientError::Timeout { acks, needed })),
-        Just(Response::Error(ClientError::Overloaded)),
-        text().prop_map(|r| Response::Error(ClientError::Invalid(r))),
-        text().prop_map(|r| Response::Error(ClientError::Refused(r))),
-        text().prop_map(|cluster_version| Response::Finalized { cluster_version }),
+        Just(ForwardedResponse::Written),
+        text().prop_map(|r| ForwardedResponse::Error(ClientError::Unavailable(r))),
+        (any::<u8>(), any::<u8>()).prop_map(|(acks, needed)| ForwardedResponse::Error(
+            ClientError::Timeout { acks, needed }
+        )),
+        Just(ForwardedResponse::Error(ClientError::Overloaded)),
+        text().prop_map(|r| ForwardedResponse::Error(ClientError::Invalid(r))),
+        text().prop_map(|r| ForwardedResponse::Error(ClientError::Refused(r))),
+        text().prop_map(|cluster_version| ForwardedResponse::Finalized { cluster_version }),
         (
             text(),
             any::<u64>(),
@@ -199,18 +204,18 @@ fn response() -> impl Strategy<Value = Response> {
             any::<u32>(),
             text()
         )
-            .prop_map(
-                |(label, time, release, schema, epoch, reason)| Response::BackedUp {
+            .prop_map(|(label, time, release, schema, epoch, reason)| {
+                ForwardedResponse::BackedUp {
                     info: BackupInfo {
                         label,
                         time: Time(time),
                         release,
                         schema,
                         epoch,
-                        reason
+                        reason,
                     },
                 }
-            ),
+            }),
     ]
 }
 
@@ -855,20 +860,48 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn contexts_round_trip(ctx in vv()) {
-        prop_assert_eq!(api::decode_context(&api::encode_context(&ctx)), Ok(ctx));
+    fn contexts_round_trip_on_their_key(ctx in vv(), key in small_bytes()) {
+        let mac = checks::context_mac();
+        let token = mac.issue(&key, &ctx);
+        prop_assert_eq!(mac.verify(&key, token.as_bytes(), &Limits::default()), Ok(ctx));
     }
 
-    /// A context is accepted exactly when its entries are strictly sorted
-    /// and non-zero.
+    /// Any other key, any other context key, any flipped bit, any cut: refused.
+    #[test]
+    fn altered_contexts_are_refused(
+        ctx in vv(),
+        key in small_bytes(),
+        other in small_bytes(),
+        bit in any::<usize>(),
+        cut in any::<usize>(),
+    ) {
+        prop_assume!(!ctx.is_empty());
+        let (mac, limits) = (checks::context_mac(), Limits::default());
+        let token = mac.issue(&key, &ctx).as_bytes().to_vec();
+        if other != key {
+            prop_assert_eq!(mac.verify(&other, &token, &limits), Err(context::ContextError::Forged));
+        }
+        let stranger = ContextMac::new(&ContextKey::derive(b"another cluster"));
+        prop_assert_eq!(stranger.verify(&key, &token, &limits), Err(context::ContextError::Forged));
+        let mut flipped = token.clone();
+        let at = bit % (token.len() * 8);
+        flipped[at / 8] ^= 1 << (at % 8);
+        prop_assert!(mac.verify(&key, &flipped, &limits).is_err());
+        let cut = 1 + cut % (token.len() - 1);
+        prop_assert!(mac.verify(&key, &token[..cut], &limits).is_err());
+    }
+
+    /// With a valid tag, a token is accepted exactly when its entries are
+    /// strictly sorted and non-zero.
     #[test]
     fn unsorted_or_zero_contexts_are_refused(
-        entries in prop::collection::vec((actor(), prop_oneof![Just(0u64), counter()]), 0..5),
+        entries in prop::collection::vec((actor(), prop_oneof![Just(0u64), counter()]), 1..5),
     ) {
-        let bytes = postcard::to_allocvec(&entries).unwrap();
+        let mac = checks::context_mac();
+        let token = mac.seal(b"k", &postcard::to_allocvec(&entries).unwrap());
         let sorted = entries.windows(2).all(|w| w[0].0 < w[1].0);
         let well_formed = sorted && entries.iter().all(|e| e.1 > 0);
-        let got = api::decode_context(&bytes);
+        let got = mac.verify(b"k", &token, &Limits::default());
         prop_assert_eq!(got.is_ok(), well_formed, "{:?}", got);
         if let Ok(ctx) = got {
             prop_assert_eq!(ctx.entries(), &entries[..]);
@@ -879,6 +912,69 @@ proptest! {
     fn arbitrary_context_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..64)) {
         checks::check_context_decode(&data);
     }
+
+    /// The same bytes with the format byte in front.
+    #[test]
+    fn arbitrary_tokens_never_panic(data in prop::collection::vec(any::<u8>(), 0..64)) {
+        let mut token = vec![context::FORMAT];
+        token.extend_from_slice(&data);
+        checks::check_context_decode(&token);
+    }
+}
+
+/// Forwarded requests and their replies keep the encoding client requests
+/// and responses had before contexts were authenticated, so a release that
+/// checks contexts and one that does not still forward writes to each other.
+#[test]
+fn forwarded_requests_and_replies_keep_their_encoding() {
+    let ctx = VersionVector::from_entries([(
+        Actor {
+            node: NodeId(2),
+            epoch: 1,
+        },
+        5,
+    )]);
+    let put = Message::Forward(Forward {
+        fwd: 7,
+        origin: RequestId(9),
+        request: ForwardedRequest::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            context: ctx.clone(),
+        },
+    });
+    // fwd, origin, variant 1 (Put), key, value, context {n2.e1: 5}.
+    assert_eq!(put.encode_body(), [7, 9, 1, 1, b'k', 1, b'v', 1, 2, 1, 5]);
+    let delete = Message::Forward(Forward {
+        fwd: 7,
+        origin: RequestId(9),
+        request: ForwardedRequest::Delete {
+            key: Bytes::from_static(b"k"),
+            context: ctx,
+        },
+    });
+    assert_eq!(delete.encode_body(), [7, 9, 2, 1, b'k', 1, 2, 1, 5]);
+    let reply = |response| Message::ForwardReply(ForwardReply { fwd: 7, response }).encode_body();
+    assert_eq!(reply(ForwardedResponse::Written), [7, 1]);
+    // Error (4), Invalid (3), "x".
+    assert_eq!(
+        reply(ForwardedResponse::Error(ClientError::Invalid("x".into()))),
+        [7, 4, 3, 1, b'x']
+    );
+    assert_eq!(
+        reply(ForwardedResponse::Error(ClientError::Timeout {
+            acks: 1,
+            needed: 2
+        })),
+        [7, 4, 1, 1, 2]
+    );
+    // A refused context never travels as the variant older releases lack.
+    assert_eq!(
+        ForwardedResponse::from_response(cairn_core::Response::Error(ClientError::BadContext(
+            "x".into()
+        ))),
+        ForwardedResponse::Error(ClientError::Invalid("bad context: x".into()))
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1086,39 +1182,75 @@ fn write_fuzz_seeds() {
         ),
     );
 
-    // Contexts.
+    // Contexts: tokens for the checks' user key under their context key.
     let a = |n: u32, e: u32| Actor {
         node: NodeId(n),
         epoch: e,
     };
+    let mac = checks::context_mac();
+    let key = checks::CONTEXT_USER_KEY;
+    write("context_decode", "empty", b"");
+    let ctx = VersionVector::from_entries([(a(1, 1), 4), (a(2, 1), 1), (a(2, 3), 9)]);
+    let three = mac.issue(key, &ctx);
+    write("context_decode", "three", three.as_bytes());
+    let big = VersionVector::from_entries([(a(u32::MAX, u32::MAX), u64::MAX)]);
     write(
         "context_decode",
-        "empty",
-        &api::encode_context(&VersionVector::new()),
+        "extremes",
+        mac.issue(key, &big).as_bytes(),
     );
-    let ctx = VersionVector::from_entries([(a(1, 1), 4), (a(2, 1), 1), (a(2, 3), 9)]);
-    write("context_decode", "three", &api::encode_context(&ctx));
-    let big = VersionVector::from_entries([(a(u32::MAX, u32::MAX), u64::MAX)]);
-    write("context_decode", "extremes", &api::encode_context(&big));
+    let forged =
+        VersionVector::from_entries([(a(2, 1), 1_000_000_000_000), (a(3, 1), 1_000_000_000_000)]);
+    write(
+        "context_decode",
+        "bad-forged",
+        context::with_tag(&forged, [0; context::TAG_LEN]).as_bytes(),
+    );
+    write(
+        "context_decode",
+        "bad-other-key",
+        mac.issue(b"another key", &ctx).as_bytes(),
+    );
+    write(
+        "context_decode",
+        "bad-old-format",
+        &context::legacy_encoding(&forged),
+    );
     let unsorted = vec![(a(2, 1), 3u64), (a(1, 1), 5)];
     write(
         "context_decode",
         "bad-unsorted",
-        &postcard::to_allocvec(&unsorted).unwrap(),
+        &mac.seal(key, &postcard::to_allocvec(&unsorted).unwrap()),
     );
     let zero = vec![(a(1, 1), 0u64)];
     write(
         "context_decode",
         "bad-zero",
-        &postcard::to_allocvec(&zero).unwrap(),
+        &mac.seal(key, &postcard::to_allocvec(&zero).unwrap()),
     );
-    let enc = api::encode_context(&ctx);
+    let enc = three.as_bytes();
     write("context_decode", "bad-truncated", &enc[..enc.len() - 1]);
     write(
         "context_decode",
         "bad-huge-length",
-        &[0xff, 0xff, 0xff, 0xff, 0x0f],
+        &mac.seal(key, &[0xff, 0xff, 0xff, 0xff, 0x0f]),
     );
+    let many = VersionVector::from_entries((1..=1100).map(|n| (a(n, 1), 1)));
+    write(
+        "context_decode",
+        "bad-too-many-entries",
+        mac.issue(key, &many).as_bytes(),
+    );
+    // Inputs the fuzzer found in the format before tags, sealed into tokens
+    // so that their version vectors reach the decoder behind the tag.
+    for name in ["found-overlong-varint", "found-trailing-bytes"] {
+        let raw = std::fs::read(root.join("context_decode").join(name)).unwrap();
+        write(
+            "context_decode",
+            &format!("{name}-sealed"),
+            &mac.seal(key, &raw),
+        );
+    }
 
     // Histories of one key.
     use checks::Op;

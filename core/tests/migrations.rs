@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use cairn_core::api::{Input, IoResult, Output, ReadRequest, Request, Response};
 use cairn_core::version::ReleaseId;
-use cairn_core::{AdminCommand, Node, NodeConfig, NodeId, Quorum, RequestId, Time, VersionVector};
+use cairn_core::{AdminCommand, Context, Node, NodeConfig, NodeId, Quorum, RequestId, Time};
 use proptest::prelude::*;
 
 #[derive(Default, Clone)]
@@ -146,7 +146,7 @@ impl Harness {
             request: Request::Put {
                 key,
                 value,
-                context: VersionVector::new(),
+                context: Context::new(),
             },
         });
         assert_eq!(r, Response::Written);

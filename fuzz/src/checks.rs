@@ -20,7 +20,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use cairn_core::api::{decode_context, encode_context};
+use cairn_core::config::Limits;
+use cairn_core::context::{self, ContextError, ContextKey, ContextMac, FORMAT, TAG_LEN};
 use cairn_core::dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
 use cairn_core::node::Phase;
 use cairn_core::ring::Ring;
@@ -298,13 +299,71 @@ pub fn check_storage_decode(data: &[u8]) {
 // Client causal contexts
 // ---------------------------------------------------------------------------
 
-/// Fuzz target `context_decode`.
+/// The user key the `context_decode` inputs are checked against.
+pub const CONTEXT_USER_KEY: &[u8] = b"k";
+
+/// The context key of the `context_decode` checks (and their seeds).
+pub fn context_mac() -> ContextMac {
+    ContextMac::new(&ContextKey::from_bytes([0x5A; 32]))
+}
+
+/// Fuzz target `context_decode`: the input is a client's context token
+/// for [`CONTEXT_USER_KEY`]. Verifying it never panics. Almost no input
+/// carries a valid tag, so the input is also checked resealed: with a
+/// valid tag in place of its last [`TAG_LEN`] bytes, its structure alone
+/// decides, and it must be accepted exactly when [`context::inspect`]
+/// accepts it, as a well-formed version vector within the limits that
+/// round-trips; it must still be refused on any other key.
 pub fn check_context_decode(data: &[u8]) {
-    if let Ok(ctx) = decode_context(data) {
-        assert!(ctx.is_well_formed(), "accepted a malformed context {ctx:?}");
-        let bytes = encode_context(&ctx);
-        assert_eq!(decode_context(&bytes).as_ref(), Ok(&ctx));
+    let mac = context_mac();
+    let limits = Limits::default();
+    let key = CONTEXT_USER_KEY;
+    let as_given = mac.verify(key, data, &limits);
+    if let Ok(vv) = &as_given {
+        check_accepted_context(&mac, &limits, vv);
     }
+    let inspected = context::inspect(data, &limits);
+    if let (Ok(a), Ok(b)) = (&as_given, &inspected) {
+        assert_eq!(a, b, "verify and inspect disagree on {}", hex(data));
+    }
+    let resealed = if data.len() > TAG_LEN && data[0] == FORMAT {
+        mac.seal(key, &data[1..data.len() - TAG_LEN])
+    } else {
+        data.to_vec()
+    };
+    let verified = mac.verify(key, &resealed, &limits);
+    assert_eq!(
+        verified.is_ok(),
+        inspected.is_ok(),
+        "resealed {}: verify says {verified:?}, inspect {inspected:?}",
+        hex(data)
+    );
+    match verified {
+        Ok(vv) => {
+            assert_eq!(Ok(&vv), inspected.as_ref());
+            check_accepted_context(&mac, &limits, &vv);
+            if !data.is_empty() {
+                assert_eq!(
+                    mac.verify(b"another key", &resealed, &limits),
+                    Err(ContextError::Forged),
+                    "a token of {} verified on another key",
+                    hex(&resealed)
+                );
+            }
+        }
+        Err(e) => assert_ne!(e, ContextError::Forged, "a resealed token failed its tag"),
+    }
+}
+
+fn check_accepted_context(mac: &ContextMac, limits: &Limits, vv: &VersionVector) {
+    assert!(vv.is_well_formed(), "accepted a malformed context {vv:?}");
+    assert!(vv.entries().len() <= limits.max_context_entries);
+    let again = mac.issue(CONTEXT_USER_KEY, vv);
+    assert_eq!(
+        mac.verify(CONTEXT_USER_KEY, again.as_bytes(), limits)
+            .as_ref(),
+        Ok(vv)
+    );
 }
 
 // ---------------------------------------------------------------------------

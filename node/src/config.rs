@@ -7,7 +7,7 @@
 //! http_addr = "127.0.0.1:8101"
 //! data_dir = "/var/lib/cairn"
 //! members = ["1=127.0.0.1:7101", "2=127.0.0.1:7102", "3=127.0.0.1:7103"]
-//! secret = "a long random string shared by every member"
+//! secret = "a long random string shared by every member"   (authenticates peers and clients' contexts)
 //! # token = "bearer token for /v1/kv and /v1/admin"   (optional)
 //! # log_format = "text"                         (text | json)
 //! # release = "0.2.0"                           (a row of the release table)
@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_core::config::{InitialClusterState, NodeConfig, Quorum, Timing};
 use cairn_core::version::{ReleaseId, RELEASES};
-use cairn_core::{Duration, NodeId};
+use cairn_core::{ContextKey, Duration, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// The smallest cluster secret accepted, in bytes.
@@ -114,6 +114,9 @@ pub struct FileConfig {
     /// `"id=host:port"` for every member, this node included.
     #[serde(default)]
     pub members: Vec<String>,
+    /// The cluster secret: required, at least [`MIN_SECRET_LEN`] bytes. It
+    /// authenticates peers and, through a key derived from it, the causal
+    /// contexts handed to clients.
     pub secret: Option<String>,
     pub token: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -152,6 +155,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Every member and its peer address, this node included.
     pub members: BTreeMap<NodeId, SocketAddr>,
+    /// See [`FileConfig::secret`].
     pub secret: String,
     pub token: Option<String>,
     pub log_format: LogFormat,
@@ -478,9 +482,14 @@ impl Config {
         self.data_dir.join("backups")
     }
 
-    /// The core's configuration for this node.
+    /// The core's configuration for this node. Its context key (which
+    /// authenticates the causal contexts handed to clients) is derived from
+    /// the cluster secret, so every member issues and accepts the same
+    /// contexts; changing the secret makes every context handed out before
+    /// refused (clients read again).
     pub fn node_config(&self, seed: u64) -> NodeConfig {
         let mut nc = NodeConfig::new(self.id, self.members.keys().copied().collect(), seed);
+        nc.context_key = ContextKey::derive(self.secret.as_bytes());
         nc.release = self.release;
         nc.initial_cluster_version = self.initial_cluster_version;
         nc.initial_cluster_state = self.initial_cluster_state;
@@ -563,6 +572,22 @@ mod tests {
         let mut c = base();
         c.backup_retention = Some(0);
         assert_eq!(field_of(c.validate().unwrap_err()), "backup_retention");
+    }
+
+    #[test]
+    fn the_context_key_comes_from_the_secret() {
+        let a = base().validate().unwrap().node_config(1);
+        let b = base().validate().unwrap().node_config(2);
+        assert_eq!(a.context_key, b.context_key, "the seed must not matter");
+        let mut c = base();
+        c.secret = Some("another secret, long enough".into());
+        assert_ne!(
+            c.validate().unwrap().node_config(1).context_key,
+            a.context_key
+        );
+        let mut c = base();
+        c.secret = None;
+        assert_eq!(field_of(c.validate().unwrap_err()), "secret");
     }
 
     #[test]

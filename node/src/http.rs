@@ -16,10 +16,14 @@
 //!
 //! With `Accept: application/json`, GET always answers JSON:
 //! `{"key": ..., "context": ..., "siblings": [{"value": ..., "encoding": "utf8"|"base64", "dot": ...}]}`.
-//! The context is URL-safe base64 (no padding) of the core's encoded causal
-//! context; pass it back unchanged on the next write to supersede what was
-//! read. Errors are JSON `{"error": ..., "kind": ...}`: 400 bad key or
-//! context, 401 missing token (on `/v1/kv` and `/v1/admin` when a token is
+//! The context is URL-safe base64 (no padding) of the core's context token:
+//! the causal context of the read, authenticated with a key derived from the
+//! cluster secret and bound to the key read. Pass it back unchanged on the
+//! next write of the same key to supersede what was read; a context that is
+//! forged, altered, read from another key, of an unknown format, truncated
+//! or oversized is refused with 400 and kind `bad_context`, and the write
+//! changes nothing. Errors are JSON `{"error": ..., "kind": ...}`: 400 bad
+//! key or context, 401 missing token (on `/v1/kv` and `/v1/admin` when a token is
 //! configured), 409 admin command refused, 413 value too large, 429 overloaded, 503 no
 //! quorum or node unavailable (the message says which).
 
@@ -39,7 +43,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use cairn_core::api::{decode_context, encode_context, AdminCommand, BackupInfo};
+use cairn_core::api::{AdminCommand, BackupInfo};
 use cairn_core::version::ReleaseId;
 use cairn_core::{ClientError, Context, NodeId, Request, Response};
 use http_body_util::BodyExt as _;
@@ -62,6 +66,8 @@ pub struct AppState {
     pub members: Arc<BTreeMap<NodeId, SocketAddr>>,
     pub max_key_len: usize,
     pub max_value_len: usize,
+    /// The longest context token accepted, in bytes (before base64).
+    pub max_context_len: usize,
     /// Where this node's backups are kept.
     pub backups_dir: Arc<PathBuf>,
 }
@@ -231,6 +237,7 @@ fn client_error(e: &ClientError) -> ApiError {
         ClientError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
         ClientError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
         ClientError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+        ClientError::BadContext(_) => (StatusCode::BAD_REQUEST, "bad_context"),
     };
     error(status, kind, e.to_string())
 }
@@ -314,27 +321,36 @@ impl AppState {
 
 /// Encodes a context for the header.
 pub fn context_to_header(ctx: &Context) -> String {
-    URL_SAFE_NO_PAD.encode(encode_context(ctx))
+    URL_SAFE_NO_PAD.encode(ctx.as_bytes())
 }
 
-/// Parses the context header; absent or empty means "saw nothing".
-fn context_from(headers: &HeaderMap) -> Result<Context, ApiError> {
+/// Parses the context header; absent or empty means "saw nothing". Only
+/// the encoding is checked here (and the length, before decoding); the
+/// core checks the token itself.
+fn context_from(headers: &HeaderMap, max_len: usize) -> Result<Context, ApiError> {
     let Some(v) = headers.get(CONTEXT_HEADER) else {
-        return Ok(Context::default());
+        return Ok(Context::new());
     };
     let bad = |why: String| error(StatusCode::BAD_REQUEST, "bad_context", why);
     let s = v
         .to_str()
-        .map_err(|_| bad("context header is not ASCII".into()))?
+        .map_err(|_| bad("bad context: the header is not ASCII".into()))?
         .trim();
     if s.is_empty() {
-        return Ok(Context::default());
+        return Ok(Context::new());
+    }
+    // Base64 takes 4 characters for 3 bytes.
+    if s.len() > max_len.div_ceil(3) * 4 {
+        return Err(bad(format!(
+            "bad context: oversized: {} characters of base64, more than the limit of {max_len} bytes",
+            s.len()
+        )));
     }
     let raw = URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
         .or_else(|_| STANDARD.decode(s))
-        .map_err(|e| bad(format!("context is not base64: {e}")))?;
-    decode_context(&raw).map_err(|e| bad(e.to_string()))
+        .map_err(|e| bad(format!("bad context: not base64: {e}")))?;
+    Ok(Context::from(raw))
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -449,7 +465,7 @@ async fn put_key(
 async fn put_kv(st: &AppState, key: String, headers: &HeaderMap, value: Bytes) -> HttpResponse {
     st.kv("put", headers, async {
         let key = st.key(key)?;
-        let context = context_from(headers)?;
+        let context = context_from(headers, st.max_context_len)?;
         write(
             st,
             Request::Put {
@@ -474,7 +490,7 @@ async fn delete_key(
 async fn delete_kv(st: &AppState, key: String, headers: &HeaderMap) -> HttpResponse {
     st.kv("delete", headers, async {
         let key = st.key(key)?;
-        let context = context_from(headers)?;
+        let context = context_from(headers, st.max_context_len)?;
         write(st, Request::Delete { key, context }).await
     })
     .await
@@ -778,21 +794,25 @@ mod tests {
 
     #[test]
     fn context_header_round_trips() {
-        let ctx = Context::default();
+        let ctx = Context::from(vec![0xC1, 1, 2, 3, 0xFF]);
         let mut h = HeaderMap::new();
         h.insert(
             CONTEXT_HEADER,
             HeaderValue::from_str(&context_to_header(&ctx)).unwrap(),
         );
-        assert_eq!(context_from(&h).unwrap(), ctx);
+        assert_eq!(context_from(&h, 64).unwrap(), ctx);
+        h.insert(CONTEXT_HEADER, HeaderValue::from_static(""));
+        assert_eq!(context_from(&h, 64).unwrap(), Context::new());
         h.insert(CONTEXT_HEADER, HeaderValue::from_static("!!!"));
+        let e = context_from(&h, 64).unwrap_err();
+        assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_context"));
+        let long = "A".repeat(100);
+        h.insert(CONTEXT_HEADER, HeaderValue::from_str(&long).unwrap());
+        let e = context_from(&h, 64).unwrap_err();
+        assert_eq!((e.status, e.kind), (StatusCode::BAD_REQUEST, "bad_context"));
+        assert!(e.message.contains("oversized"), "{}", e.message);
         assert_eq!(
-            context_from(&h).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
-        h.insert(CONTEXT_HEADER, HeaderValue::from_static("AQID"));
-        assert_eq!(
-            context_from(&h).unwrap_err().status,
+            client_error(&ClientError::BadContext("forged".into())).status,
             StatusCode::BAD_REQUEST
         );
     }

@@ -58,6 +58,11 @@ const CORE_COUNTERS: &[(&str, &str, CoreField)] = &[
         "Client requests answered with an error",
         |m| m.client_errors,
     ),
+    (
+        "bad_contexts",
+        "Client writes refused for their context (forged, of another key, unknown format, truncated or oversized)",
+        |m| m.bad_contexts,
+    ),
     ("gets", "Reads coordinated", |m| m.gets),
     ("puts", "Writes (puts and deletes) coordinated", |m| m.puts),
     (

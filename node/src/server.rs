@@ -115,6 +115,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         members: Arc::new(cfg.members.clone()),
         max_key_len: limits.max_key_len,
         max_value_len: limits.max_value_len,
+        max_context_len: limits.max_context_len,
         backups_dir: Arc::new(cfg.backups_dir()),
     };
     let http_task = tokio::spawn(http::serve(http_listener, app));

@@ -9,6 +9,7 @@
 //!            ├─ "network"  (delays, drops, duplicates)
 //!            ├─ "nemesis"  (fault schedule)
 //!            ├─ "workload" (client choices)
+//!            ├─ "context-key" (the key every node authenticates contexts with)
 //!            └─ "node" i ──┬─ "clock"
 //!                          ├─ "disk"  (journal survival on crash, latencies)
 //!                          └─ "core" incarnation (the seed handed to the node)
@@ -60,6 +61,12 @@ impl Seeds {
 
     pub fn node_subsystem(&self, index: u32, label: &str) -> SimRng {
         rng_from(derive(self.node(index), label, 0))
+    }
+
+    /// The context key of the run: the same for every node, as a cluster
+    /// secret is.
+    pub fn context_key(&self) -> cairn_core::ContextKey {
+        cairn_core::ContextKey::derive(&derive(self.root, "context-key", 0).to_le_bytes())
     }
 
     /// The seed handed to a node's core for one incarnation (restarts get

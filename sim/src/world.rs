@@ -705,6 +705,7 @@ impl World {
             self.seeds.node_core(i as u32, s.inc),
         );
         cfg.quorum = self.quorum;
+        cfg.context_key = self.seeds.context_key();
         cfg.release = self.versions.release_of(i);
         cfg.initial_cluster_version = Some(self.versions.initial_cluster_version());
         // Operators leave `initial_cluster_state` at its default: a node

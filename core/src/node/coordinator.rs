@@ -17,11 +17,11 @@ use alloc::format;
 use alloc::vec::Vec;
 use bytes::Bytes;
 
-use crate::api::{ClientError, Context, Event, Request, Response};
-use crate::dvv::{Actor, Dot, KeyState};
+use crate::api::{ClientError, Event, Request, Response};
+use crate::dvv::{Actor, Dot, KeyState, Sibling, VersionVector};
 use crate::types::{NodeId, RequestId, Time};
 use crate::version::Feature;
-use crate::wire::{self, Message};
+use crate::wire::{self, ForwardedRequest, ForwardedResponse, Message};
 
 use super::durability::Deferred;
 use super::{Node, Phase};
@@ -92,6 +92,9 @@ pub(crate) struct PutOp {
 
 pub(crate) struct ForwardOp {
     client: RequestId,
+    /// The request's key: a read's context comes back as a version vector
+    /// and becomes a token for this key.
+    key: Bytes,
 }
 
 pub(crate) struct HintOp {
@@ -109,9 +112,33 @@ pub(crate) enum Op {
 }
 
 impl Node {
+    /// A client's request. Its context is checked here, where it enters
+    /// the cluster: a write whose context this cluster did not issue for
+    /// the same key is refused before anything else happens.
     pub(super) fn handle_client(&mut self, id: RequestId, request: Request) {
         self.metrics.client_requests += 1;
-        self.start_request(Client::Local(id), id, request);
+        match self.check_context(request) {
+            Ok(request) => self.start_request(Client::Local(id), id, request),
+            Err(why) => {
+                self.metrics.bad_contexts += 1;
+                self.reply(id, Response::Error(ClientError::BadContext(why)));
+            }
+        }
+    }
+
+    /// The request with its context token verified and decoded.
+    fn check_context(&self, request: Request) -> Result<ForwardedRequest, alloc::string::String> {
+        let token = match &request {
+            Request::Get { .. } => {
+                return Ok(ForwardedRequest::checked(request, VersionVector::new()))
+            }
+            Request::Put { context, .. } | Request::Delete { context, .. } => context.as_bytes(),
+        };
+        let vv = self
+            .context_mac
+            .verify(request.key(), token, &self.cfg.limits)
+            .map_err(|e| alloc::string::ToString::to_string(&e))?;
+        Ok(ForwardedRequest::checked(request, vv))
     }
 
     /// A write forwarded by a peer. The network may deliver it twice; a
@@ -141,11 +168,23 @@ impl Node {
 
     pub(super) fn handle_forward_reply(&mut self, _from: NodeId, m: wire::ForwardReply) {
         if let Some(Op::Forward(f)) = self.ops.remove(&m.fwd) {
-            self.reply(f.client, m.response);
+            let response = match m.response {
+                ForwardedResponse::Read { siblings, context } => Response::Read {
+                    siblings,
+                    context: self.context_mac.issue(&f.key, &context),
+                },
+                ForwardedResponse::Written => Response::Written,
+                ForwardedResponse::Finalized { cluster_version } => {
+                    Response::Finalized { cluster_version }
+                }
+                ForwardedResponse::BackedUp { info } => Response::BackedUp { info },
+                ForwardedResponse::Error(e) => Response::Error(e),
+            };
+            self.reply(f.client, response);
         }
     }
 
-    fn start_request(&mut self, client: Client, origin: RequestId, request: Request) {
+    fn start_request(&mut self, client: Client, origin: RequestId, request: ForwardedRequest) {
         if self.phase != Phase::Serving {
             let why = self.unavailable_reason();
             return self.fail_client(client, ClientError::Unavailable(why));
@@ -159,17 +198,17 @@ impl Node {
         let partition = self.ring.partition_of(request.key());
         let is_replica = self.ring.is_replica(self.cfg.id, partition);
         match request {
-            Request::Get { .. } if self.resync.is_some() => {
+            ForwardedRequest::Get { .. } if self.resync.is_some() => {
                 self.fail_client(
                     client,
                     ClientError::Unavailable("re-syncing from replicas after a restore".into()),
                 );
             }
-            Request::Get { key } => {
+            ForwardedRequest::Get { key } => {
                 self.metrics.gets += 1;
                 self.start_get(client, key);
             }
-            Request::Put {
+            ForwardedRequest::Put {
                 key,
                 value,
                 context,
@@ -181,7 +220,7 @@ impl Node {
                     self.forward(
                         client,
                         origin,
-                        Request::Put {
+                        ForwardedRequest::Put {
                             key,
                             value,
                             context,
@@ -189,18 +228,18 @@ impl Node {
                     );
                 }
             }
-            Request::Delete { key, context } => {
+            ForwardedRequest::Delete { key, context } => {
                 if is_replica {
                     self.metrics.puts += 1;
                     self.start_put(client, origin, key, None, context);
                 } else {
-                    self.forward(client, origin, Request::Delete { key, context });
+                    self.forward(client, origin, ForwardedRequest::Delete { key, context });
                 }
             }
         }
     }
 
-    fn validate(&self, request: &Request) -> Result<(), alloc::string::String> {
+    fn validate(&self, request: &ForwardedRequest) -> Result<(), alloc::string::String> {
         let limits = &self.cfg.limits;
         let key = request.key();
         if key.is_empty() {
@@ -214,7 +253,7 @@ impl Node {
             ));
         }
         match request {
-            Request::Put { value, context, .. } => {
+            ForwardedRequest::Put { value, context, .. } => {
                 if value.len() > limits.max_value_len {
                     return Err(format!(
                         "value of {} bytes exceeds {}",
@@ -224,14 +263,24 @@ impl Node {
                 }
                 self.validate_context(context)
             }
-            Request::Delete { context, .. } => self.validate_context(context),
-            Request::Get { .. } => Ok(()),
+            ForwardedRequest::Delete { context, .. } => self.validate_context(context),
+            ForwardedRequest::Get { .. } => Ok(()),
         }
     }
 
-    fn validate_context(&self, ctx: &Context) -> Result<(), alloc::string::String> {
+    /// Checks a context as it reaches the coordinator. A client's was
+    /// verified where it entered; one forwarded by a release that did not
+    /// verify contexts is at least held to the same bounds.
+    fn validate_context(&self, ctx: &VersionVector) -> Result<(), alloc::string::String> {
         if !ctx.is_well_formed() {
             return Err("malformed context".into());
+        }
+        if ctx.entries().len() > self.cfg.limits.max_context_entries {
+            return Err(format!(
+                "context of {} entries exceeds the limit of {}",
+                ctx.entries().len(),
+                self.cfg.limits.max_context_entries
+            ));
         }
         let me = Actor {
             node: self.cfg.id,
@@ -245,7 +294,7 @@ impl Node {
         Ok(())
     }
 
-    fn forward(&mut self, client: Client, origin: RequestId, request: Request) {
+    fn forward(&mut self, client: Client, origin: RequestId, request: ForwardedRequest) {
         let Client::Local(id) = client else {
             // A forwarded request landed on a non-replica: the rings disagree.
             return self.fail_client(
@@ -267,7 +316,9 @@ impl Node {
         };
         self.metrics.forwarded += 1;
         let fwd = self.fresh_req();
-        self.ops.insert(fwd, Op::Forward(ForwardOp { client: id }));
+        let key = request.key().clone();
+        self.ops
+            .insert(fwd, Op::Forward(ForwardOp { client: id, key }));
         let t = self.cfg.timing;
         let at = self.now + crate::types::Duration(t.request_timeout.0 + t.request_timeout.0 / 4);
         self.set_deadline(fwd, at);
@@ -465,13 +516,11 @@ impl Node {
         let complete = op.complete();
         if !op.answered && op.included() >= r {
             op.answered = true;
-            let response = Response::Read {
-                siblings: op.merged.siblings().to_vec(),
-                context: op.merged.context().clone(),
-            };
-            let client = op.client;
+            let siblings = op.merged.siblings().to_vec();
+            let context = op.merged.context().clone();
+            let (client, key) = (op.client, op.key.clone());
             let window_end = op.started.max(self.now) + self.cfg.timing.read_repair_window;
-            self.answer(client, response);
+            self.answer_read(client, &key, siblings, context);
             if !complete {
                 // Keep listening a little longer, for read repair.
                 self.cancel_deadline(req);
@@ -531,7 +580,7 @@ impl Node {
         origin: RequestId,
         key: Bytes,
         value: Option<Bytes>,
-        context: Context,
+        context: VersionVector,
     ) {
         let mut state = self.store.get(&key).cloned().unwrap_or_default();
         let surviving = state
@@ -715,11 +764,38 @@ impl Node {
         }
     }
 
-    /// Answers whoever waits for a request.
+    /// Answers whoever waits for a request (a read's answer goes through
+    /// [`Node::answer_read`]).
     pub(super) fn answer(&mut self, client: Client, response: Response) {
         match client {
             Client::Local(id) => self.reply(id, response),
             Client::Remote { from, fwd } => {
+                let response = ForwardedResponse::from_response(response);
+                self.send(
+                    from,
+                    Message::ForwardReply(wire::ForwardReply { fwd, response }),
+                );
+            }
+        }
+    }
+
+    /// Answers a read: a local client gets its context as a token for
+    /// `key`; a forwarding peer gets the version vector and makes the token
+    /// itself.
+    fn answer_read(
+        &mut self,
+        client: Client,
+        key: &[u8],
+        siblings: Vec<Sibling>,
+        context: VersionVector,
+    ) {
+        match client {
+            Client::Local(id) => {
+                let context = self.context_mac.issue(key, &context);
+                self.reply(id, Response::Read { siblings, context });
+            }
+            Client::Remote { from, fwd } => {
+                let response = ForwardedResponse::Read { siblings, context };
                 self.send(
                     from,
                     Message::ForwardReply(wire::ForwardReply { fwd, response }),

@@ -31,6 +31,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::api::{ClientError, Event, Input, IoResult, Output, Response};
 use crate::config::NodeConfig;
+use crate::context::ContextMac;
 use crate::dvv::KeyState;
 use crate::ring::Ring;
 use crate::storage;
@@ -75,6 +76,9 @@ pub enum Phase {
 pub struct Metrics {
     pub client_requests: u64,
     pub client_errors: u64,
+    /// Client writes refused for their context (forged, of another key, of
+    /// an unknown format, truncated or oversized).
+    pub bad_contexts: u64,
     pub gets: u64,
     pub puts: u64,
     pub forwarded: u64,
@@ -128,6 +132,8 @@ pub struct Node {
     release: &'static Release,
     ring: Ring,
     rng: ChaCha8Rng,
+    /// Issues and verifies clients' context tokens.
+    context_mac: ContextMac,
     now: Time,
     /// The driver's clock at the last input (see [`Node::advance`]).
     driver_now: Time,
@@ -212,6 +218,7 @@ impl Node {
             release,
             ring,
             rng,
+            context_mac: ContextMac::new(&cfg.context_key),
             now,
             driver_now: now,
             phase: Phase::Loading,

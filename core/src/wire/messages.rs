@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Request, Response};
-use crate::dvv::KeyState;
+use crate::api::{BackupInfo, ClientError, Request, Response};
+use crate::dvv::{KeyState, Sibling, VersionVector};
 use crate::types::{NodeId, RequestId};
 use crate::version::ProtocolRange;
 use crate::Error;
@@ -121,13 +121,104 @@ pub struct ReadRepair {
 pub struct Forward {
     pub fwd: u64,
     pub origin: RequestId,
-    pub request: Request,
+    pub request: ForwardedRequest,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardReply {
     pub fwd: u64,
-    pub response: Response,
+    pub response: ForwardedResponse,
+}
+
+/// A client request as coordinators pass it on: its context already
+/// checked where it entered the cluster, and carried as the version vector
+/// the token stood for. Encoded exactly as client requests were before
+/// contexts were authenticated, so releases before and after forward to
+/// each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedRequest {
+    Get {
+        key: Bytes,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        context: VersionVector,
+    },
+    Delete {
+        key: Bytes,
+        context: VersionVector,
+    },
+}
+
+impl ForwardedRequest {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            ForwardedRequest::Get { key }
+            | ForwardedRequest::Put { key, .. }
+            | ForwardedRequest::Delete { key, .. } => key,
+        }
+    }
+
+    /// The request with its context checked into `context` (a Get has none).
+    pub fn checked(request: Request, context: VersionVector) -> ForwardedRequest {
+        match request {
+            Request::Get { key } => ForwardedRequest::Get { key },
+            Request::Put { key, value, .. } => ForwardedRequest::Put {
+                key,
+                value,
+                context,
+            },
+            Request::Delete { key, .. } => ForwardedRequest::Delete { key, context },
+        }
+    }
+}
+
+/// The answer to a [`Forward`], encoded exactly as client responses were
+/// before contexts were authenticated (a read's context is the bare
+/// version vector; the forwarding node turns it into a token for its
+/// client). Only writes are forwarded, so in practice it is `Written` or
+/// `Error`; [`ClientError::BadContext`] never travels (contexts are checked
+/// before forwarding, and an older peer could not decode it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedResponse {
+    Read {
+        siblings: Vec<Sibling>,
+        context: VersionVector,
+    },
+    Written,
+    Finalized {
+        cluster_version: String,
+    },
+    BackedUp {
+        info: BackupInfo,
+    },
+    Error(ClientError),
+}
+
+impl ForwardedResponse {
+    /// The answer to send back for a response that is not a read (a read's
+    /// is built from its version vector). A `BadContext` error goes as
+    /// `Invalid`, which every release decodes.
+    pub fn from_response(response: Response) -> ForwardedResponse {
+        match response {
+            Response::Read { .. } => {
+                debug_assert!(false, "a read answered with a token instead of its context");
+                ForwardedResponse::Error(ClientError::Invalid(
+                    "a read's context cannot be forwarded".into(),
+                ))
+            }
+            Response::Written => ForwardedResponse::Written,
+            Response::Finalized { cluster_version } => {
+                ForwardedResponse::Finalized { cluster_version }
+            }
+            Response::BackedUp { info } => ForwardedResponse::BackedUp { info },
+            Response::Error(ClientError::BadContext(why)) => {
+                ForwardedResponse::Error(ClientError::Invalid(format!("bad context: {why}")))
+            }
+            Response::Error(e) => ForwardedResponse::Error(e),
+        }
+    }
 }
 
 /// Anti-entropy step 1: the initiator's bucket hashes for a partition.

@@ -155,7 +155,7 @@ pub(crate) fn postcard_append<T: serde::Serialize + ?Sized>(value: &T, out: Vec<
 
 /// Bytes postcard takes for `v` as a varint.
 #[inline]
-pub(crate) fn varint_len(v: u64) -> usize {
+pub(crate) const fn varint_len(v: u64) -> usize {
     // 7 bits a byte; zero still takes one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }

@@ -342,6 +342,151 @@ fn write_on_one_node_is_read_on_another() {
     }
 }
 
+/// A PUT with a raw context header; answers (status, error kind, message).
+fn put_with_context(h: &Harness, i: usize, key: &str, context: &str) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        // Room for the largest header sent.
+        .output_buffer_size(1 << 20)
+        .build()
+        .into();
+    let url = format!("{}/v1/kv/{key}", h.cluster.nodes[i].http);
+    let mut resp = agent
+        .put(&url)
+        .header("X-Cairn-Context", context)
+        .send(&b"hostile"[..])
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let kind = v["kind"].as_str().unwrap_or_default().to_string();
+    let message = v["error"].as_str().unwrap_or(&body).to_string();
+    (status, kind, message)
+}
+
+/// The outside test that found contexts trusted blindly: a PUT through
+/// node 1 claiming `{n2.e1: 10^12, n3.e1: 10^12}` was accepted, and every
+/// later blind PUT through nodes 2 and 3 vanished; contexts naming tens of
+/// thousands of made-up nodes bloated a key beyond use. Now every such
+/// context is refused with 400 `bad_context`, and nothing is lost.
+#[test]
+fn forged_foreign_truncated_and_oversized_contexts_are_refused() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use cairn_core::context::{self, TAG_LEN};
+    use cairn_core::{Actor, NodeId, VersionVector};
+
+    let _g = serial();
+    let mut h = Harness::start(3, &|_, _| {});
+    h.cluster.wait_ready(READY).unwrap();
+    h.wait_all_up(READY);
+    let (a, b, c) = (h.client(0), h.client(1), h.client(2));
+    a.put("k", b"first", None).unwrap();
+
+    let actor = |n: u32| Actor {
+        node: NodeId(n),
+        epoch: 1,
+    };
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let forged =
+        VersionVector::from_entries([(actor(2), 1_000_000_000_000), (actor(3), 1_000_000_000_000)]);
+    let refuse = |what: &str, key: &str, ctx: &str, needle: &str| {
+        let (status, kind, message) = put_with_context(&h, 0, key, ctx);
+        assert_eq!(
+            (status, kind.as_str()),
+            (400, "bad_context"),
+            "{what}: {message}"
+        );
+        assert!(message.contains(needle), "{what}: {message}");
+        eprintln!("{what}: {message}");
+    };
+    // The forged claim as contexts were encoded before they had tags, and
+    // as a token with a made-up tag.
+    refuse(
+        "old format",
+        "k",
+        &b64(&context::legacy_encoding(&forged)),
+        "unknown format",
+    );
+    refuse(
+        "made-up tag",
+        "k",
+        &b64(context::with_tag(&forged, [0x42; TAG_LEN]).as_bytes()),
+        "does not match",
+    );
+    // A context read from another key.
+    a.put("other", b"x", None).unwrap();
+    let of_other = b.get("other").unwrap().context;
+    assert!(!of_other.is_empty());
+    refuse("another key's", "k", &of_other, "another key");
+    // Cut short.
+    let raw = URL_SAFE_NO_PAD.decode(&of_other).unwrap();
+    refuse(
+        "truncated",
+        "other",
+        &b64(&raw[..raw.len() - 3]),
+        "malformed",
+    );
+    // Oversized: more entries than the limit, and far more bytes.
+    let many = |n: u32| VersionVector::from_entries((0..n).map(|i| (actor(100 + i), 1)));
+    refuse(
+        "2,000 made-up nodes",
+        "k",
+        &b64(context::with_tag(&many(2_000), [1; TAG_LEN]).as_bytes()),
+        "oversized",
+    );
+    refuse(
+        "50,000 made-up nodes, old format",
+        "k",
+        &b64(&context::legacy_encoding(&many(50_000))),
+        "oversized",
+    );
+    refuse(
+        "50,000 made-up nodes",
+        "k",
+        &b64(context::with_tag(&many(50_000), [1; TAG_LEN]).as_bytes()),
+        "oversized",
+    );
+
+    // Nothing changed, and blind writes through nodes 2 and 3 all survive.
+    assert_eq!(c.get("other").unwrap().values, vec![b"x".to_vec()]);
+    let mut want = vec![b"first".to_vec()];
+    for i in 0..6 {
+        let v = format!("blind {i}").into_bytes();
+        h.client(1 + i % 2).put("k", &v, None).unwrap();
+        want.push(v);
+    }
+    want.sort();
+    for i in 0..3 {
+        let mut got = h.client(i).get("k").unwrap().values;
+        got.sort();
+        assert_eq!(got, want, "read through node {}", i + 1);
+    }
+    // The key's context stayed small, and a context read from it works,
+    // through any node.
+    let r = a.get("k").unwrap();
+    assert!(
+        r.context.len() < 200,
+        "context of {} bytes",
+        r.context.len()
+    );
+    c.put("k", b"resolved", Some(&r.context)).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            h.client(i).get("k").unwrap().values,
+            vec![b"resolved".to_vec()]
+        );
+    }
+    let (_, m) = a.text("/metrics").unwrap();
+    let refused: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_core_bad_contexts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no bad_contexts counter in {m}"));
+    assert!(refused >= 3.0, "{refused}");
+}
+
 #[test]
 fn kill_nine_under_load_loses_no_acknowledged_write() {
     let _g = serial();

@@ -26,8 +26,10 @@
 //! | 9    | workload: clients `1 + b % 4`, keys `1 + (b >> 2) % 8`, bit 5 values of 200 bytes |
 //! | then | up to 128 items of 4 bytes `[a, t, x, y]`, at `t * safety / 256` |
 //!
-//! An item with `a % 16` below 10 is a client operation: `(a >> 4) % 4`
-//! picks rmw, put, delete or read; client `x % clients`, key `(x >> 2) %
+//! An item with `a % 16` below 10 is a client operation: below 8, `(a >> 4)
+//! % 4` picks rmw, put, delete or read; at 8 or 9, `(a >> 4) % 5` picks a
+//! write with a context kept from long ago (stale) or a hostile one (forged,
+//! replayed, truncated, old-format); client `x % clients`, key `(x >> 2) %
 //! keys`; the request goes to node `1 + y % nodes`, and with `y & 0x80` the
 //! write of an rmw or delete to node `1 + (y >> 3) % nodes`. Otherwise it is
 //! a fault: 10 crash node `1 + x % nodes` for `50 + 20y` ms; 11 clean
@@ -184,10 +186,23 @@ pub fn decode(data: &[u8]) -> (Scenario, u64) {
             ops.push(ClientOp {
                 at_ms,
                 client: x as u32 % clients,
-                op: pick(
-                    &[OpName::Rmw, OpName::Put, OpName::Delete, OpName::Read],
-                    a >> 4,
-                ),
+                op: if kind < 8 {
+                    pick(
+                        &[OpName::Rmw, OpName::Put, OpName::Delete, OpName::Read],
+                        a >> 4,
+                    )
+                } else {
+                    pick(
+                        &[
+                            OpName::Stale,
+                            OpName::Forged,
+                            OpName::Replayed,
+                            OpName::Truncated,
+                            OpName::OldFormat,
+                        ],
+                        a >> 4,
+                    )
+                },
                 key: (x >> 2) as u32 % keys,
                 node: node_of(y),
                 then_node: (y & 0x80 != 0).then(|| node_of(y >> 3)),

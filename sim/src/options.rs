@@ -41,11 +41,18 @@ pub struct Mix {
     pub blind_put: u32,
     pub delete: u32,
     pub read: u32,
+    pub stale_context: u32,
+    pub hostile: u32,
 }
 
 impl Mix {
     pub fn total(&self) -> u32 {
-        self.read_modify_write + self.blind_put + self.delete + self.read
+        self.read_modify_write
+            + self.blind_put
+            + self.delete
+            + self.read
+            + self.stale_context
+            + self.hostile
     }
 }
 
@@ -166,16 +173,17 @@ impl Options {
                 .collect(),
         };
         let w = &scenario.workload;
-        let mut mix = Mix {
+        let mix = Mix {
             read_modify_write: draw(&mut rng, w.mix.read_modify_write) as u32,
             blind_put: draw(&mut rng, w.mix.blind_put) as u32,
             delete: draw(&mut rng, w.mix.delete) as u32,
             read: draw(&mut rng, w.mix.read) as u32,
+            // Drawn last, below, so the draws that came before them stay
+            // what they were.
+            stale_context: 0,
+            hostile: 0,
         };
-        if mix.total() == 0 {
-            mix.read_modify_write = 1;
-        }
-        let workload = WorkloadOptions {
+        let mut workload = WorkloadOptions {
             clients: draw(&mut rng, w.clients) as u32,
             keys: draw(&mut rng, w.keys) as u32,
             think_ms: draw_range(&mut rng, w.think_ms),
@@ -210,6 +218,11 @@ impl Options {
             clog_ms: draw_range(&mut rng, f.clog_ms),
             shutdown_bound_ms: f.shutdown_bound_ms,
         };
+        workload.mix.stale_context = draw(&mut rng, w.mix.stale_context) as u32;
+        workload.mix.hostile = draw(&mut rng, w.mix.hostile) as u32;
+        if workload.mix.total() == 0 {
+            workload.mix.read_modify_write = 1;
+        }
         let mut options = Options {
             seed,
             scenario: scenario.name.clone(),
@@ -310,7 +323,7 @@ impl fmt::Display for Options {
         let t = wl.mix.total().max(1);
         writeln!(
             f,
-            "  workload: {} clients, {} keys, think {}..{} ms, value {} B, client timeout {} ms, mix rmw {}% blind-put {}% delete {}% read {}%",
+            "  workload: {} clients, {} keys, think {}..{} ms, value {} B, client timeout {} ms, mix rmw {}% blind-put {}% delete {}% read {}% stale-context {}% hostile {}%",
             wl.clients,
             wl.keys,
             wl.think_ms.0,
@@ -320,7 +333,9 @@ impl fmt::Display for Options {
             wl.mix.read_modify_write * 100 / t,
             wl.mix.blind_put * 100 / t,
             wl.mix.delete * 100 / t,
-            wl.mix.read * 100 / t
+            wl.mix.read * 100 / t,
+            wl.mix.stale_context * 100 / t,
+            wl.mix.hostile * 100 / t
         )?;
         if self.deep.any() {
             writeln!(f, "{}", self.deep)?;

@@ -9,6 +9,8 @@
 //! | `stale-read`      | every read / final state       | no sibling happened before a write acknowledged before the read (deletes never resurrect) |
 //! | `ack-durable`     | every `Response::Written`      | at least W replicas of the key hold the write durably |
 //! | `ack-has-dot`     | every `Response::Written`      | an acknowledged write was issued a dot            |
+//! | `context-refused` | every answer to a hostile write | a write whose context is forged, of another key, truncated or of the old format is refused as a bad context, and no dot was issued for it |
+//! | `context-accepted` | every answer to another write | a write with a context a read of the same key returned (however long ago) is never refused for its context |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
 //! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
@@ -27,7 +29,7 @@
 
 use bytes::Bytes;
 use cairn_core::storage::{data_key, decode_record, Record, META_KEY};
-use cairn_core::{Dot, NodeId};
+use cairn_core::{ClientError, Dot, NodeId, Response};
 
 use crate::history::{History, WriteId};
 
@@ -191,6 +193,68 @@ pub fn durable_covers_in<'a>(
     }
 }
 
+/// Judges the answer to a write (the `Written` or error it got): a hostile
+/// write (`hostile` names how its context was made up) must be refused as a
+/// bad context without a dot issued for it (`context-refused`); any other
+/// write's context came from a read of its key and must never be refused
+/// (`context-accepted`). `None` when the answer says nothing about
+/// contexts (a legitimate write that succeeded or failed otherwise).
+pub fn check_write_context(
+    h: &History,
+    write: WriteId,
+    hostile: Option<&str>,
+    answer: &Response,
+    what: &(impl std::fmt::Display + ?Sized),
+) -> Option<(&'static str, Result<(), Violation>)> {
+    let x = h.write(write);
+    let k = h.key_label(x.key);
+    let a = |how: &str| {
+        if how.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        }
+    };
+    let refused = match answer {
+        Response::Error(ClientError::BadContext(why)) => Some(why),
+        _ => None,
+    };
+    match (hostile, refused) {
+        (Some(how), Some(_)) if !x.dots.is_empty() => Some((
+            "context-refused",
+            Err(Violation::new(
+                "context-refused",
+                format!(
+                    "{what}: write {write} on key {k} with {} {how} context was refused as a bad context, but a coordinator issued dot {} for it",
+                    a(how),
+                    x.dots[0]
+                ),
+            )),
+        )),
+        (Some(_), Some(_)) => Some(("context-refused", Ok(()))),
+        (Some(how), None) => Some((
+            "context-refused",
+            Err(Violation::new(
+                "context-refused",
+                format!(
+                    "{what}: write {write} on key {k} with {} {how} context was answered {answer:?} instead of being refused as a bad context",
+                    a(how)
+                ),
+            )),
+        )),
+        (None, Some(why)) => Some((
+            "context-accepted",
+            Err(Violation::new(
+                "context-accepted",
+                format!(
+                    "{what}: write {write} on key {k}, with a context a read of that key returned, was refused: {why}"
+                ),
+            )),
+        )),
+        (None, None) => None,
+    }
+}
+
 /// Acknowledgement only after W durable copies: `holders` lists each replica
 /// of the key with whether its durable image covers the write.
 pub fn check_ack_durable(
@@ -259,6 +323,37 @@ mod tests {
             .unwrap();
         let d4 = h.begin_write(0, RequestId(4), &[w2], true, Time(40));
         (h, [w1, w2, w3, d4])
+    }
+
+    #[test]
+    fn hostile_writes_must_be_refused_and_others_never_for_their_context() {
+        let (h, [_, w2, _, d4]) = history();
+        let bad = Response::Error(ClientError::BadContext("forged".into()));
+        let verdict = |w, hostile, answer: &Response| {
+            check_write_context(&h, w, hostile, answer, "write").map(|(o, r)| (o, r.is_ok()))
+        };
+        // d4 was never issued a dot: a refusal is right.
+        assert_eq!(
+            verdict(d4, Some("forged"), &bad),
+            Some(("context-refused", true))
+        );
+        assert_eq!(
+            verdict(d4, Some("forged"), &Response::Written),
+            Some(("context-refused", false))
+        );
+        let timeout = Response::Error(ClientError::Timeout { acks: 0, needed: 2 });
+        assert_eq!(
+            verdict(d4, Some("replayed"), &timeout),
+            Some(("context-refused", false))
+        );
+        // w2 was issued a dot: refused as a bad context, it still took effect.
+        assert_eq!(
+            verdict(w2, Some("truncated"), &bad),
+            Some(("context-refused", false))
+        );
+        assert_eq!(verdict(w2, None, &bad), Some(("context-accepted", false)));
+        assert_eq!(verdict(w2, None, &Response::Written), None);
+        assert_eq!(verdict(w2, None, &timeout), None);
     }
 
     #[test]

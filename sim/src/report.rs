@@ -206,6 +206,26 @@ impl fmt::Display for RunReport {
             "  writes: {} sent, {} acknowledged; checks: {} reads, {} acknowledgements",
             s.writes, s.acked, o.reads_checked, o.acks_checked
         )?;
+        let hostile: u64 = o.hostile_sent.iter().sum();
+        if hostile + o.stale_writes > 0 {
+            let kinds: Vec<String> = crate::workload::Forgery::ALL
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{} {}/{}",
+                        k.name(),
+                        o.hostile_refused[k.index()],
+                        o.hostile_sent[k.index()]
+                    )
+                })
+                .collect();
+            writeln!(
+                f,
+                "  contexts: {} writes with a context kept from long ago; hostile writes refused/sent: {}",
+                o.stale_writes,
+                kinds.join(", ")
+            )?;
+        }
         writeln!(
             f,
             "  faults injected: {} (crash {}, clean restart {}, partition {}, isolate {}, one-way {}, clog {}); {} restarts, {} heals, {} shutdowns killed, {} halts",

@@ -9,6 +9,7 @@
 //!            ├─ "network"  (delays, drops, duplicates)
 //!            ├─ "nemesis"  (fault schedule)
 //!            ├─ "workload" (client choices)
+//!            ├─ "hostile"  (what hostile clients forge)
 //!            ├─ "context-key" (the key every node authenticates contexts with)
 //!            └─ "node" i ──┬─ "clock"
 //!                          ├─ "disk"  (journal survival on crash, latencies)

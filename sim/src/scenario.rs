@@ -205,6 +205,13 @@ pub struct MixSpec {
     pub delete: Span,
     /// A plain Get.
     pub read: Span,
+    /// A put with a context the client read from the same key long before
+    /// (the oldest it holds): legitimate, and must be accepted.
+    pub stale_context: Span,
+    /// A hostile write: its context is forged (made-up counters and tag),
+    /// read from another key, truncated, or in the format before contexts
+    /// were authenticated. It must be refused.
+    pub hostile: Span,
 }
 
 impl Default for MixSpec {
@@ -214,6 +221,8 @@ impl Default for MixSpec {
             blind_put: Span::new(0, 20),
             delete: Span::new(3, 15),
             read: Span::new(5, 30),
+            stale_context: Span::new(1, 8),
+            hostile: Span::new(1, 8),
         }
     }
 }
@@ -550,6 +559,19 @@ pub enum OpName {
     Delete,
     /// A plain Get.
     Read,
+    /// Put with the oldest context the client holds for the key (an rmw
+    /// when it holds none).
+    Stale,
+    /// Put (or delete) with a forged context: counters far beyond what the
+    /// other nodes issued, and a made-up tag.
+    Forged,
+    /// Get another key, then put this one with that key's context.
+    Replayed,
+    /// Get, then put with the returned context cut short.
+    Truncated,
+    /// Put with a forged context in the format before contexts were
+    /// authenticated.
+    OldFormat,
 }
 
 /// One operation of an explicit client script. With a script, clients do

@@ -356,6 +356,7 @@ pub fn builtin(name: &str) -> Option<Scenario> {
             blind_put: Span::new(0, 10),
             delete: Span::new(15, 35),
             read: Span::new(5, 20),
+            ..Default::default()
         };
     }
     Some(s)

@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use cairn_core::ring::Ring;
 use cairn_core::{
-    ClientError, Context, Event, InitialClusterState, Input, IoId, IoResult, Node, NodeConfig,
-    NodeId, Output, Quorum, ReadRequest, Request, RequestId, Response, Time,
+    ClientError, Event, InitialClusterState, Input, IoId, IoResult, Node, NodeConfig, NodeId,
+    Output, Quorum, ReadRequest, Request, RequestId, Response, Time,
 };
 
 use crate::atlas::{Atlas, Chaos};
@@ -40,7 +40,7 @@ use crate::report::{FaultStats, Outcome, RunReport, Stats};
 use crate::rng::Seeds;
 use crate::scenario::Scenario;
 use crate::trace::{message_type, DropReason, FaultKind, NodeEventKind, OpOutcome, Record, Trace};
-use crate::workload::{ClientState, Continuation, InFlight, Plan, Step, Then, Workload};
+use crate::workload::{ClientState, Continuation, Forgery, InFlight, Plan, Step, Then, Workload};
 
 #[path = "world_script.rs"]
 mod script;
@@ -361,7 +361,11 @@ impl World {
             s.disk.set_faults(options.deep.disk_faults(i));
         }
         let atlas = Atlas::new(options.deep.clone(), n, seeds.subsystem("atlas"));
-        let workload = Workload::new(&options.workload, seeds.subsystem("workload"));
+        let workload = Workload::new(
+            &options.workload,
+            seeds.subsystem("workload"),
+            seeds.subsystem("hostile"),
+        );
         let history = History::new(&workload.keys);
         let script = script::Script::new(&scenario, workload.clients.len());
         let versions = versions::Driver::new(&scenario, &seeds);
@@ -1153,22 +1157,79 @@ impl World {
                 let node = self.workload.pick(&candidates);
                 let (plan, key) = self.workload.pick_plan();
                 self.note_op(c, plan, key, node);
-                match plan {
-                    Plan::BlindPut => self.send_write(
-                        c,
-                        node,
-                        Continuation {
-                            key,
-                            tombstone: false,
-                            preds: Vec::new(),
-                            context: Context::new(),
-                        },
-                    ),
-                    Plan::ReadModifyWrite => self.send_get(Some(c), node, key, Then::Put),
-                    Plan::Delete => self.send_get(Some(c), node, key, Then::Delete),
-                    Plan::Read => self.send_get(Some(c), node, key, Then::Nothing),
-                }
+                self.start_plan(c, plan, key, node);
             }
+        }
+    }
+
+    /// Sends the first request of an operation.
+    fn start_plan(&mut self, c: u32, plan: Plan, key: u32, node: usize) {
+        let keys = self.workload.keys.len() as u32;
+        match plan {
+            Plan::BlindPut => self.send_write(c, node, Continuation::blind(key)),
+            Plan::ReadModifyWrite => self.send_get(Some(c), node, key, Then::Put),
+            Plan::Delete => self.send_get(Some(c), node, key, Then::Delete),
+            Plan::Read => self.send_get(Some(c), node, key, Then::Nothing),
+            Plan::StaleWrite => match self.workload.take_kept(c, key) {
+                Some(kept) => {
+                    self.workload.stats.stale_writes += 1;
+                    let cont = Continuation {
+                        key,
+                        tombstone: false,
+                        preds: kept.preds,
+                        context: kept.context,
+                        hostile: None,
+                    };
+                    self.send_write(c, node, cont);
+                }
+                // Nothing kept yet: an ordinary read-modify-write.
+                None => self.send_get(Some(c), node, key, Then::Put),
+            },
+            Plan::Hostile(forgery @ (Forgery::Forged | Forgery::OldFormat)) => {
+                let cont = self.forged_write(key, node, forgery);
+                self.send_write(c, node, cont);
+            }
+            Plan::Hostile(Forgery::Replayed) if keys > 1 => {
+                let then = Then::Hostile {
+                    forgery: Forgery::Replayed,
+                    target: key,
+                };
+                self.send_get(Some(c), node, (key + 1) % keys, then);
+            }
+            Plan::Hostile(Forgery::Truncated) => {
+                let then = Then::Hostile {
+                    forgery: Forgery::Truncated,
+                    target: key,
+                };
+                self.send_get(Some(c), node, key, then);
+            }
+            // One key: nothing to replay from.
+            Plan::Hostile(Forgery::Replayed) => {
+                let cont = self.forged_write(key, node, Forgery::Forged);
+                self.send_write(c, node, cont);
+            }
+        }
+    }
+
+    /// A hostile write of `key` sent to `node`, whose context claims far
+    /// more of every other node than it issued (the highest epoch each is
+    /// known to have used, and a couple beyond).
+    fn forged_write(&mut self, key: u32, node: usize, forgery: Forgery) -> Continuation {
+        let epochs: Vec<(NodeId, u32)> = self
+            .slots
+            .iter()
+            .map(|s| (s.id, s.node.as_ref().map_or(0, |n| n.epoch()).max(s.inc)))
+            .collect();
+        let coordinator = self.slots[node].id;
+        let context =
+            self.workload
+                .forged_context(&epochs, coordinator, forgery == Forgery::OldFormat);
+        Continuation {
+            key,
+            tombstone: self.workload.hostile_tombstone(),
+            preds: Vec::new(),
+            context,
+            hostile: Some(forgery),
         }
     }
 
@@ -1194,6 +1255,7 @@ impl World {
                 step: Step::Get { then },
                 sent_at: self.now,
                 acked_before,
+                hostile: None,
             },
             request,
             0,
@@ -1202,9 +1264,14 @@ impl World {
 
     fn send_write(&mut self, c: u32, node: usize, cont: Continuation) {
         let id = self.workload.next_request();
+        // A hostile write saw nothing, whatever its context claims.
+        debug_assert!(cont.hostile.is_none() || cont.preds.is_empty());
         let write = self
             .history
             .begin_write(cont.key, id, &cont.preds, cont.tombstone, self.now);
+        if let Some(forgery) = cont.hostile {
+            self.workload.stats.hostile_sent[forgery.index()] += 1;
+        }
         let key = self.workload.keys[cont.key as usize].clone();
         let (request, step) = if cont.tombstone {
             self.workload.stats.deletes += 1;
@@ -1236,6 +1303,7 @@ impl World {
                 step,
                 sent_at: self.now,
                 acked_before: Vec::new(),
+                hostile: cont.hostile,
             },
             request,
             write,
@@ -1346,6 +1414,9 @@ impl World {
                 if let Err(v) = verdict {
                     return self.violation(v);
                 }
+                if let Some(c) = f.client {
+                    self.workload.keep(c, f.key, &context, &writes);
+                }
                 match (then, f.client) {
                     (Then::Final, _) => {
                         self.final_todo.remove(&f.key);
@@ -1359,12 +1430,39 @@ impl World {
                             tombstone: *then == Then::Delete,
                             preds: writes,
                             context,
+                            hostile: None,
                         });
+                        self.schedule(self.now, Ev::ClientWake { client: c });
+                    }
+                    (&Then::Hostile { forgery, target }, Some(c))
+                        if self.phase == Phase::Safety =>
+                    {
+                        let made_up = match forgery {
+                            Forgery::Replayed => Some(context).filter(|x| !x.is_empty()),
+                            _ => self.workload.truncated(&context),
+                        };
+                        let cont = match made_up {
+                            Some(context) => Continuation {
+                                key: target,
+                                tombstone: self.workload.hostile_tombstone(),
+                                preds: Vec::new(),
+                                context,
+                                hostile: Some(forgery),
+                            },
+                            // The key holds nothing yet: forge instead.
+                            None => self.forged_write(target, f.node, Forgery::Forged),
+                        };
+                        self.workload.clients[c as usize] = ClientState::Ready(cont);
                         self.schedule(self.now, Ev::ClientWake { client: c });
                     }
                     (_, Some(c)) => self.client_next(c),
                     (_, None) => {}
                 }
+            }
+            (Step::Put { write } | Step::Delete { write }, Response::Written)
+                if f.hostile.is_some() =>
+            {
+                self.check_write_context(*write, &f, &Response::Written, &what);
             }
             (Step::Put { write } | Step::Delete { write }, Response::Written) => {
                 let write = *write;
@@ -1392,6 +1490,12 @@ impl World {
                 }
             }
             (_, Response::Error(e)) => {
+                if let Step::Put { write } | Step::Delete { write } = f.step {
+                    let answer = Response::Error(e.clone());
+                    if self.check_write_context(write, &f, &answer, &what) {
+                        return;
+                    }
+                }
                 let outcome = match e {
                     ClientError::Timeout { .. } => {
                         self.workload.stats.indeterminate += 1;
@@ -1417,6 +1521,41 @@ impl World {
                 "reply-kind",
                 format!("{what}: a {} was answered with {r:?}", step.kind().name()),
             )),
+        }
+    }
+
+    /// Judges what a write's answer says about its context (see
+    /// [`oracle::check_write_context`]); true when that was a violation.
+    fn check_write_context(
+        &mut self,
+        write: WriteId,
+        f: &InFlight,
+        answer: &Response,
+        what: &(impl std::fmt::Display + ?Sized),
+    ) -> bool {
+        let hostile = f.hostile.map(Forgery::name);
+        let Some((oracle, verdict)) =
+            oracle::check_write_context(&self.history, write, hostile, answer, what)
+        else {
+            return false;
+        };
+        self.record(Record::Check {
+            oracle,
+            key: f.key,
+            request: self.history.write(write).request.0,
+            ok: verdict.is_ok(),
+        });
+        match verdict {
+            Ok(()) => {
+                if let Some(forgery) = f.hostile {
+                    self.workload.stats.hostile_refused[forgery.index()] += 1;
+                }
+                false
+            }
+            Err(v) => {
+                self.violation(v);
+                true
+            }
         }
     }
 

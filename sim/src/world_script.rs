@@ -9,12 +9,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use cairn_core::{Context, Time};
+use cairn_core::Time;
 
-use super::{ClientState, Continuation, Ev, NodeState, Phase, Then, World, RETRY_US};
+use super::{ClientState, Ev, NodeState, Phase, World, RETRY_US};
 use crate::nemesis::Action;
 use crate::scenario::{ClientOp, FaultAction, FaultEvent, Ms, OpName, Scenario};
-use crate::workload::Plan;
+use crate::workload::{Forgery, Plan};
 
 /// What one run did, as explicit scenario entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,6 +110,11 @@ fn plan_of(op: OpName) -> Plan {
         OpName::Put => Plan::BlindPut,
         OpName::Delete => Plan::Delete,
         OpName::Read => Plan::Read,
+        OpName::Stale => Plan::StaleWrite,
+        OpName::Forged => Plan::Hostile(Forgery::Forged),
+        OpName::Replayed => Plan::Hostile(Forgery::Replayed),
+        OpName::Truncated => Plan::Hostile(Forgery::Truncated),
+        OpName::OldFormat => Plan::Hostile(Forgery::OldFormat),
     }
 }
 
@@ -119,6 +124,11 @@ fn op_of(plan: Plan) -> OpName {
         Plan::BlindPut => OpName::Put,
         Plan::Delete => OpName::Delete,
         Plan::Read => OpName::Read,
+        Plan::StaleWrite => OpName::Stale,
+        Plan::Hostile(Forgery::Forged) => OpName::Forged,
+        Plan::Hostile(Forgery::Replayed) => OpName::Replayed,
+        Plan::Hostile(Forgery::Truncated) => OpName::Truncated,
+        Plan::Hostile(Forgery::OldFormat) => OpName::OldFormat,
     }
 }
 
@@ -361,21 +371,7 @@ impl World {
         self.script.then_node[c as usize] = Some(op.then_node.unwrap_or(op.node));
         let plan = plan_of(op.op);
         self.note_op(c, plan, op.key, node);
-        match plan {
-            Plan::BlindPut => self.send_write(
-                c,
-                node,
-                Continuation {
-                    key: op.key,
-                    tombstone: false,
-                    preds: Vec::new(),
-                    context: Context::new(),
-                },
-            ),
-            Plan::ReadModifyWrite => self.send_get(Some(c), node, op.key, Then::Put),
-            Plan::Delete => self.send_get(Some(c), node, op.key, Then::Delete),
-            Plan::Read => self.send_get(Some(c), node, op.key, Then::Nothing),
-        }
+        self.start_plan(c, plan, op.key, node);
     }
 
     /// At the end of a run: hands the recording to [`run_recorded`].

@@ -157,6 +157,10 @@ pub struct PlantedBugs {
     /// A cluster version learned from gossip is acted on before it is
     /// persisted.
     pub cluster_version_before_persisting: bool,
+    /// A client's context is taken as it claims to be: its tag, key
+    /// binding and bounds go unchecked, and the format of releases before
+    /// authentication is accepted.
+    pub trust_client_contexts: bool,
 }
 
 impl PlantedBugs {
@@ -172,6 +176,7 @@ impl PlantedBugs {
         "migrate-before-finalization",
         "non-atomic-migration",
         "cluster-version-before-persisting",
+        "trust-client-contexts",
     ];
 
     /// Switches on the bug called `name`; false when there is no such bug.
@@ -187,6 +192,7 @@ impl PlantedBugs {
             "migrate-before-finalization" => &mut self.migrate_before_finalization,
             "non-atomic-migration" => &mut self.non_atomic_migration,
             "cluster-version-before-persisting" => &mut self.cluster_version_before_persisting,
+            "trust-client-contexts" => &mut self.trust_client_contexts,
             _ => return false,
         };
         *flag = true;

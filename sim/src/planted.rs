@@ -41,6 +41,9 @@ impl PlantedBug {
             "cluster-version-before-persisting" => {
                 "a cluster version learned from gossip is acted on before it is persisted"
             }
+            "trust-client-contexts" => {
+                "a client's context is taken as it claims to be: tag, key and bounds unchecked"
+            }
             _ => "(no description)",
         }
     }

@@ -68,6 +68,8 @@ pub fn scenario_for(bug: &str) -> &'static str {
         // Crashes in every seed lose what was acknowledged early / reissue
         // dots; every read-modify-write exercises read repair.
         "ack-before-durable" | "reuse-dots-after-crash" | "read-repair-overwrites" => "quick",
+        // Every seed's clients send forged and replayed contexts.
+        "trust-client-contexts" => "quick",
         // Replicas must miss deletes while tombstones are reaped.
         "reap-without-quorum" => "tombstones",
         // Targets must stay down long enough to be judged down.

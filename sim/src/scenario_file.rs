@@ -77,6 +77,7 @@ pub const BUILTIN_FILES: &[Embedded] = &[
     ),
     embed!(Canary, "scenarios/canaries/ack-before-durable.toml"),
     embed!(Canary, "scenarios/canaries/reuse-dots-after-crash.toml"),
+    embed!(Canary, "scenarios/canaries/trust-client-contexts.toml"),
 ];
 
 /// An error in a scenario file, pointing at the offending place.

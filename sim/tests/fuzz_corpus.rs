@@ -43,3 +43,31 @@ fn a_planted_bug_fails_some_seed() {
         "no seed of simulate caught the planted bug ack-before-durable: {caught:?}"
     );
 }
+
+/// The seed with every kind of context write: old contexts are accepted,
+/// hostile ones refused, and with contexts trusted the check fails.
+#[test]
+fn the_hostile_contexts_seed_is_refused_and_trusting_contexts_fails() {
+    let file = seed_files("simulate")
+        .into_iter()
+        .find(|f| f.ends_with("3n-hostile-contexts"))
+        .expect("the seed 3n-hostile-contexts");
+    let data = fs::read(file).unwrap();
+    let report = run_input(&data, &[]);
+    assert!(report.outcome.is_pass(), "{}", report.outcome.message());
+    let o = &report.stats.ops;
+    assert!(
+        o.hostile_sent.iter().all(|&n| n > 0),
+        "{:?}",
+        o.hostile_sent
+    );
+    assert_eq!(o.hostile_refused, o.hostile_sent);
+    assert!(o.stale_writes > 0);
+    let bug = planted::find("trust-client-contexts").expect("known planted bug");
+    let report = run_input(&data, &[bug]);
+    assert!(
+        report.outcome.message().contains("context-refused"),
+        "{}",
+        report.outcome.message()
+    );
+}

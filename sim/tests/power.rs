@@ -26,6 +26,7 @@ const BUDGETS: &[(&str, u64, &[&str])] = &[
     ("reap-without-quorum", 24, &["stale-read", "lost-ack"]),
     ("drop-hints-for-down-targets", 8, &["hint-durable"]),
     ("anti-entropy-skips-bucket", 8, &["convergence (liveness)"]),
+    ("trust-client-contexts", 4, &["context-refused"]),
 ];
 
 fn check(bug: &str) {
@@ -88,6 +89,11 @@ fn drop_hints_for_down_targets() {
 #[test]
 fn anti_entropy_skips_bucket() {
     check("anti-entropy-skips-bucket");
+}
+
+#[test]
+fn trust_client_contexts() {
+    check("trust-client-contexts");
 }
 
 #[test]

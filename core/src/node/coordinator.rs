@@ -134,10 +134,13 @@ impl Node {
             }
             Request::Put { context, .. } | Request::Delete { context, .. } => context.as_bytes(),
         };
-        let vv = self
-            .context_mac
-            .verify(request.key(), token, &self.cfg.limits)
-            .map_err(|e| alloc::string::ToString::to_string(&e))?;
+        let vv = if self.bugs().trust_client_contexts {
+            trusting_decode(token).ok_or_else(|| alloc::string::String::from("malformed"))?
+        } else {
+            self.context_mac
+                .verify(request.key(), token, &self.cfg.limits)
+                .map_err(|e| alloc::string::ToString::to_string(&e))?
+        };
         Ok(ForwardedRequest::checked(request, vv))
     }
 
@@ -821,4 +824,27 @@ impl Node {
             }
         }
     }
+}
+
+/// How contexts were read before they were authenticated, for the planted
+/// bug `trust-client-contexts`: a token's version vector with its tag
+/// unchecked, or a bare version vector of the old format. None if neither
+/// decodes.
+fn trusting_decode(token: &[u8]) -> Option<VersionVector> {
+    use crate::context::{FORMAT, TAG_LEN};
+    if token.is_empty() {
+        return Some(VersionVector::new());
+    }
+    if token[0] == FORMAT && token.len() > 1 + TAG_LEN {
+        if let Ok((vv, _)) =
+            postcard::take_from_bytes::<VersionVector>(&token[1..token.len() - TAG_LEN])
+        {
+            if vv.is_well_formed() {
+                return Some(vv);
+            }
+        }
+    }
+    postcard::from_bytes::<VersionVector>(token)
+        .ok()
+        .filter(VersionVector::is_well_formed)
 }

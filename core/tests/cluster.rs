@@ -536,7 +536,7 @@ fn a_node_whose_journal_was_lost_learns_its_epoch_without_being_told() {
         c.start(NodeId(2));
         c.run_for(500);
         assert_eq!(
-            c.put(2, &format!("k{i}"), "v", VersionVector::new()),
+            c.put(2, &format!("k{i}"), "v", Context::new()),
             Response::Written
         );
     }
@@ -564,7 +564,7 @@ fn a_node_whose_journal_was_lost_learns_its_epoch_without_being_told() {
     // Writes through it after the loss are not absorbed by its old dots.
     for i in 0..5 {
         assert_eq!(
-            c.put(2, &format!("new{i}"), "w", VersionVector::new()),
+            c.put(2, &format!("new{i}"), "w", Context::new()),
             Response::Written
         );
     }
@@ -593,12 +593,30 @@ fn a_new_node_waits_for_every_peer_before_taking_its_first_epoch() {
     c.run_for(3000);
     assert_eq!(c.node(3).phase(), Phase::Rejoining);
     assert!(matches!(
-        c.put(3, "k", "v", VersionVector::new()),
+        c.put(3, "k", "v", Context::new()),
         Response::Error(_)
     ));
     c.cut.clear();
     c.run_for(15_000);
     serves_with_an_epoch_above(&c, 3, 1);
+}
+
+#[test]
+fn peers_learn_a_nodes_epoch_from_its_handshake_and_gossip() {
+    let mut c = Cluster::new(3);
+    c.crash(NodeId(2));
+    c.start(NodeId(2));
+    c.run_for(2000);
+    let epoch = c.node(2).epoch();
+    assert!(epoch > 1);
+    let seen = c
+        .node(1)
+        .peers()
+        .into_iter()
+        .find(|p| p.id == NodeId(2))
+        .and_then(|p| p.info)
+        .map(|i| i.epoch);
+    assert_eq!(seen, Some(epoch));
 }
 
 #[test]
@@ -842,7 +860,7 @@ fn a_restored_backup_brings_back_no_delete_reaped_since() {
     let mut c = Cluster::new(3);
     let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     for k in &keys {
-        assert_eq!(c.put(1, k, "old", VersionVector::new()), Response::Written);
+        assert_eq!(c.put(1, k, "old", Context::new()), Response::Written);
     }
     assert!(matches!(
         c.admin(2, AdminCommand::Backup),
@@ -882,7 +900,7 @@ fn a_restored_backup_brings_back_no_delete_reaped_since() {
     }
     // What the replicas still hold is pulled back, and writes go on.
     assert_eq!(
-        c.put(2, "new", "v", VersionVector::new()),
+        c.put(2, "new", "v", Context::new()),
         Response::Written
     );
     assert_eq!(c.get(3, "new").0, vec![b("v")]);

@@ -1791,10 +1791,17 @@ impl World {
         if key_schema(record_key) != Some(node.schema()) {
             return;
         }
-        // A node restored from backup drops the hints it loads: they may
-        // carry values deleted since. Hints are never the only copy of an
-        // acknowledged write (strict quorums); anti-entropy repairs targets.
-        if node.is_restoring() {
+        // A node whose disk carries the restore marker drops the hints it
+        // loads (at start-up, before it serves): they may carry values
+        // deleted since the backup. Hints are never the only copy of an
+        // acknowledged write (strict quorums); anti-entropy repairs their
+        // targets.
+        if node.phase() != cairn_core::node::Phase::Serving
+            && self.slots[i]
+                .disk
+                .durable(cairn_core::storage::RESTORED_KEY)
+                .is_some()
+        {
             return;
         }
         // A hint destroyed by a disk fault (the node drops what it cannot

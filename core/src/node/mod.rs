@@ -318,12 +318,6 @@ impl Node {
             .get(partition as usize)
             .map_or(0, |t| t.root())
     }
-    /// Restored from backup, and the restored data not yet reconciled
-    /// with the replicas.
-    pub fn is_restoring(&self) -> bool {
-        self.restored || !self.quarantine.is_empty()
-    }
-
     pub fn hint_count(&self) -> usize {
         self.hints.len()
     }

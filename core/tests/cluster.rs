@@ -899,10 +899,7 @@ fn a_restored_backup_brings_back_no_delete_reaped_since() {
         }
     }
     // What the replicas still hold is pulled back, and writes go on.
-    assert_eq!(
-        c.put(2, "new", "v", Context::new()),
-        Response::Written
-    );
+    assert_eq!(c.put(2, "new", "v", Context::new()), Response::Written);
     assert_eq!(c.get(3, "new").0, vec![b("v")]);
 }
 

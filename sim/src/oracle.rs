@@ -2,7 +2,7 @@
 //!
 //! | oracle            | when                           | what                                             |
 //! |-------------------|--------------------------------|--------------------------------------------------|
-//! | `dot-unique`      | every `Event::WriteIssued`     | a dot names one client write, run-wide           |
+//! | `dot-unique`      | every `Event::WriteIssued`     | a dot names one client write, run-wide, unless no copy of its first issue survives anywhere (its node's disk lost it before it left) |
 //! | `dot-mapping`     | every read / final state       | each sibling's dot was issued for a write of the key, and its value carries that write's id |
 //! | `antichain`       | every read / final state       | no sibling happened before another               |
 //! | `lost-ack`        | every read / final state       | every write acknowledged before the read is <= some sibling, unless a delete supersedes it |
@@ -13,6 +13,7 @@
 //! | `context-accepted` | every answer to another write | a write with a context a read of the same key returned (however long ago) is never refused for its context |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
 //! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
+//! | `shutdown-completes` | a clean restart's deadline (`shutdown_bound_ms`) | a node asked to shut down cleanly has finished (or halted on a failed sync) |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,

@@ -649,6 +649,17 @@ impl World {
                 if s.inc == inc && s.state == NodeState::ShuttingDown {
                     self.faults.shutdown_kills += 1;
                     self.fault(FaultKind::ShutdownKilled, Some(node), 0);
+                    // A clean shutdown needs one sync; a failed sync halts
+                    // the node instead. One still draining at the bound
+                    // hangs an operator's SIGTERM.
+                    self.violation(Violation::new(
+                        "shutdown-completes",
+                        format!(
+                            "n{} did not finish a clean shutdown within {} ms",
+                            node + 1,
+                            self.options.faults.shutdown_bound_ms
+                        ),
+                    ));
                     self.stop_and_restart_later(node);
                 }
             }

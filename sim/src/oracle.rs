@@ -13,6 +13,7 @@
 //! | `context-accepted` | every answer to another write | a write with a context a read of the same key returned (however long ago) is never refused for its context |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
 //! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
+//! | `clean-restart`   | every `Event::Recovered` after a clean shutdown | a node that shut down cleanly (serving, on a disk left undamaged) starts again in the same epoch |
 //! | `shutdown-completes` | a clean restart's deadline (`shutdown_bound_ms`) | a node asked to shut down cleanly has finished (or halted on a failed sync) |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!

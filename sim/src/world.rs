@@ -229,6 +229,9 @@ struct Slot {
     disk: Disk,
     /// The durable metadata record last decoded and the schema it names.
     meta_cache: std::cell::RefCell<Option<(Bytes, Option<u16>)>>,
+    /// The epoch of a clean shutdown that left the disk undamaged: the next
+    /// start must keep it (`clean-restart`).
+    kept_epoch: Option<u32>,
 }
 
 impl Slot {
@@ -354,6 +357,7 @@ impl World {
                     seeds.node_subsystem(i as u32, "disk"),
                 ),
                 meta_cache: Default::default(),
+                kept_epoch: None,
             })
             .collect();
         let mut slots: Vec<Slot> = slots;
@@ -641,7 +645,19 @@ impl World {
                     } else {
                         self.fault(FaultKind::ShutdownComplete, Some(node), 0);
                     }
+                    // A node that refused to serve, or had not loaded its
+                    // disk yet (epoch 0), persists nothing at its shutdown:
+                    // its next start takes a new epoch.
+                    let epoch = self.slots[node]
+                        .node
+                        .as_ref()
+                        .filter(|n| n.refusal().is_none() && n.epoch() > 0)
+                        .map(|n| n.epoch());
+                    let damaged = self.slots[node].disk.stats.damaged;
                     self.stop_and_restart_later(node);
+                    if !halted && self.slots[node].disk.stats.damaged == damaged {
+                        self.slots[node].kept_epoch = epoch;
+                    }
                 }
             }
             Ev::ShutdownDeadline { node, inc } => {
@@ -987,11 +1003,30 @@ impl World {
                     format!("n{node} could not decode a message from {from}: {reason}"),
                 ));
             }
-            Event::Recovered { epoch, .. } => self.record(Record::NodeEvent {
-                node,
-                kind: NodeEventKind::Recovered,
-                detail: epoch as u64,
-            }),
+            Event::Recovered { epoch, .. } => {
+                self.record(Record::NodeEvent {
+                    node,
+                    kind: NodeEventKind::Recovered,
+                    detail: epoch as u64,
+                });
+                // After a clean shutdown on an undamaged disk a node keeps
+                // its epoch (a restored one re-learns it; a refusing one
+                // reports none).
+                let restored = self.slots[i]
+                    .disk
+                    .durable(cairn_core::storage::RESTORED_KEY)
+                    .is_some();
+                if let Some(kept) = self.slots[i].kept_epoch.take() {
+                    if epoch != kept && epoch != 0 && !restored {
+                        self.violation(Violation::new(
+                            "clean-restart",
+                            format!(
+                                "n{node} started in epoch {epoch} after a clean shutdown in epoch {kept} on an undamaged disk"
+                            ),
+                        ));
+                    }
+                }
+            }
             Event::Serving => self.record(Record::NodeEvent {
                 node,
                 kind: NodeEventKind::Serving,

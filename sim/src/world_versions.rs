@@ -1153,6 +1153,7 @@ impl World {
                 let mut image = image;
                 image.insert(Bytes::from_static(RESTORED_KEY), storage::restored_marker());
                 self.slots[node].disk.replace_durable(image);
+                self.slots[node].kept_epoch = None;
                 self.versions.oracles.disk_replaced(node, true);
                 self.versions.restoring[node] = true;
                 self.versions.stats.restores += 1;

@@ -256,6 +256,28 @@ impl Cluster {
         self.start(id);
     }
 
+    /// Crashes and restarts node `id` `times` times, writing a key through
+    /// it after each start so that dots are issued in every epoch; returns
+    /// the epoch it ends in.
+    fn crash_restart_writing(&mut self, id: u32, times: usize) -> u32 {
+        for i in 0..times {
+            self.crash(NodeId(id));
+            self.start(NodeId(id));
+            self.run_for(500);
+            assert_eq!(
+                self.put(id, &format!("k{i}"), "v", Context::new()),
+                Response::Written
+            );
+        }
+        self.node(id).epoch()
+    }
+
+    /// Crashes node `id` and empties its disk, metadata included.
+    fn lose_disk(&mut self, id: u32) {
+        self.crash(NodeId(id));
+        self.disks.get_mut(&NodeId(id)).unwrap().durable.clear();
+    }
+
     fn has_restore_marker(&self, id: u32) -> bool {
         self.disks[&NodeId(id)]
             .durable
@@ -481,8 +503,7 @@ fn anti_entropy_repairs_a_replica_that_lost_its_data() {
     }
     c.run_for(100);
     // Wipe node 3's disk entirely.
-    c.crash(NodeId(3));
-    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.lose_disk(3);
     c.start(NodeId(3));
     c.run_for(15_000);
     let n3 = c.nodes[&NodeId(3)].as_ref().unwrap();
@@ -501,20 +522,10 @@ fn anti_entropy_repairs_a_replica_that_lost_its_data() {
 fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
     let mut c = Cluster::new(3);
     // Epochs move on, and dots are issued in the last one.
-    for i in 0..3 {
-        c.crash(NodeId(2));
-        c.start(NodeId(2));
-        c.run_for(500);
-        assert_eq!(
-            c.put(2, &format!("k{i}"), "v", Context::new()),
-            Response::Written
-        );
-    }
-    let used = c.node(2).epoch();
+    let used = c.crash_restart_writing(2, 3);
     assert!(used >= 3);
     // The disk is lost; the operator says the node has run before.
-    c.crash(NodeId(2));
-    c.disks.get_mut(&NodeId(2)).unwrap().durable.clear();
+    c.lose_disk(2);
     c.start_as(NodeId(2), InitialClusterState::Existing);
     c.run_for(100);
     assert!(
@@ -531,21 +542,11 @@ fn a_node_whose_disk_was_lost_learns_its_epoch_when_told_it_has_run_before() {
 #[test]
 fn a_node_whose_journal_was_lost_learns_its_epoch_without_being_told() {
     let mut c = Cluster::new(3);
-    for i in 0..2 {
-        c.crash(NodeId(2));
-        c.start(NodeId(2));
-        c.run_for(500);
-        assert_eq!(
-            c.put(2, &format!("k{i}"), "v", Context::new()),
-            Response::Written
-        );
-    }
-    let used = c.node(2).epoch();
+    let used = c.crash_restart_writing(2, 2);
     // A clean stop, then the disk forgets everything (metadata included);
     // the node is started as if new, with no flag from the operator.
     c.restart_as(2, ReleaseId::current());
-    c.crash(NodeId(2));
-    c.disks.get_mut(&NodeId(2)).unwrap().durable.clear();
+    c.lose_disk(2);
     // Node 3 is out of reach at first: node 2 must wait for it too.
     c.cut = vec![(NodeId(2), NodeId(3)), (NodeId(3), NodeId(2))];
     c.start(NodeId(2));
@@ -586,8 +587,7 @@ fn a_new_node_waits_for_every_peer_before_taking_its_first_epoch() {
         .any(|(_, e)| matches!(e, Event::EpochLearned { .. })));
     // A node with an empty disk that cannot reach one peer does not start:
     // that peer may be the only one that knows it ran before.
-    c.crash(NodeId(3));
-    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.lose_disk(3);
     c.cut = vec![(NodeId(3), NodeId(1)), (NodeId(1), NodeId(3))];
     c.start(NodeId(3));
     c.run_for(3000);
@@ -622,8 +622,7 @@ fn peers_learn_a_nodes_epoch_from_its_handshake_and_gossip() {
 #[test]
 fn a_new_node_goes_on_with_a_majority_when_a_peer_never_answers() {
     let mut c = Cluster::new(3);
-    c.crash(NodeId(3));
-    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.lose_disk(3);
     c.cut = vec![(NodeId(3), NodeId(1)), (NodeId(1), NodeId(3))];
     c.start(NodeId(3));
     c.run_for(5_000);
@@ -635,8 +634,7 @@ fn a_new_node_goes_on_with_a_majority_when_a_peer_never_answers() {
     assert!(c.node(3).epoch() > 2, "epoch {}", c.node(3).epoch());
     // Alone with no peer answering, a node keeps waiting.
     let mut c = Cluster::new(3);
-    c.crash(NodeId(3));
-    c.disks.get_mut(&NodeId(3)).unwrap().durable.clear();
+    c.lose_disk(3);
     c.cut = [1, 2]
         .iter()
         .flat_map(|&p| [(NodeId(3), NodeId(p)), (NodeId(p), NodeId(3))])

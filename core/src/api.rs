@@ -39,10 +39,6 @@ impl Context {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 impl From<Bytes> for Context {

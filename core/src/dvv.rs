@@ -357,16 +357,6 @@ impl KeyState {
         siblings.sort_by_key(|s| s.dot);
         KeyState { siblings, context }
     }
-
-    /// Approximate size in bytes, for bounding messages.
-    pub fn approx_size(&self) -> usize {
-        16 + self.context.entries.len() * 16
-            + self
-                .siblings
-                .iter()
-                .map(|s| 24 + s.value.as_ref().map_or(0, |v| v.len()))
-                .sum::<usize>()
-    }
 }
 
 /// Feeds XXH3 through a stack buffer: small states (nearly all) hash in one

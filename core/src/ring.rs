@@ -48,7 +48,7 @@ impl Ring {
         let width = partition_width(partitions);
         let mut prefs = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            let start = (p as u64).wrapping_mul(width);
+            let start = (p as u64) * width;
             let first = tokens.partition_point(|&(t, _)| t < start);
             let mut list: Vec<NodeId> = Vec::with_capacity(want);
             let mut i = first;
@@ -79,7 +79,8 @@ impl Ring {
     }
 
     pub fn partition_of(&self, key: &[u8]) -> u16 {
-        (key_hash(key) / partition_width(self.partitions)).min(self.partitions as u64 - 1) as u16
+        let width = partition_width(self.partitions);
+        (key_hash(key) / width).min(self.partitions as u64 - 1) as u16
     }
 
     /// The replicas of a partition, primaries in preference order.
@@ -101,8 +102,11 @@ impl Ring {
     }
 }
 
+/// The width of each partition's range of the hash space (the last one
+/// ends early). One partition holds every hash: its width, 2^64, does not
+/// fit a u64, and `u64::MAX` places the same keys.
 fn partition_width(partitions: u16) -> u64 {
-    (u64::MAX / partitions as u64) + 1
+    (u64::MAX / partitions as u64).saturating_add(1)
 }
 
 #[cfg(test)]

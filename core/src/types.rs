@@ -30,9 +30,6 @@ impl Time {
     pub const fn from_millis(ms: u64) -> Time {
         Time(ms * 1000)
     }
-    pub const fn from_secs(s: u64) -> Time {
-        Time(s * 1_000_000)
-    }
     pub const fn as_micros(self) -> u64 {
         self.0
     }
@@ -65,9 +62,6 @@ impl Duration {
     }
     pub const fn from_secs(s: u64) -> Duration {
         Duration(s * 1_000_000)
-    }
-    pub const fn as_micros(self) -> u64 {
-        self.0
     }
 }
 

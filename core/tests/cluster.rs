@@ -83,7 +83,7 @@ impl Cluster {
         cfg.release = self.releases[&id];
         cfg.initial_cluster_version = Some(self.initial_cv);
         cfg.initial_cluster_state = state;
-        let node = Node::new(cfg, self.now);
+        let node = Node::new(cfg, self.now).expect("a valid configuration");
         self.nodes.insert(id, Some(node));
         self.drain(id);
     }
@@ -973,7 +973,7 @@ fn a_data_directory_from_a_newer_schema_is_refused() {
 fn a_backward_step_of_the_drivers_clock_does_not_stop_the_nodes_timers() {
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
     let start = Time::from_millis(100_000);
-    let mut node = Node::new(NodeConfig::new(NodeId(1), members, 7), start);
+    let mut node = Node::new(NodeConfig::new(NodeId(1), members, 7), start).unwrap();
     // Answers its reads and syncs at `now` until it asks to be woken.
     let settle = |node: &mut Node, now: Time| loop {
         let result = match node.poll_output() {
@@ -1073,7 +1073,7 @@ fn contexts_of_another_key_unknown_formats_truncated_and_oversized_are_refused()
     let (_, of_a) = c.get(2, "a");
     let r = c.put(3, "b", "b2", of_a.clone());
     assert!(bad_context(&r).contains("another key"), "{r:?}");
-    let cut = Context::from(&of_a.as_bytes()[..of_a.len() - 3]);
+    let cut = Context::from(&of_a.as_bytes()[..of_a.as_bytes().len() - 3]);
     let r = c.put(3, "a", "a2", cut);
     assert!(bad_context(&r).contains("malformed"), "{r:?}");
     let mut old = of_a.as_bytes().to_vec();

@@ -1061,7 +1061,7 @@ fn write_fuzz_seeds() {
     for _ in 0..40 {
         states.push(key_state().new_tree(&mut runner).unwrap().current());
     }
-    states.sort_by_key(|s| s.approx_size());
+    states.sort_by_key(|s| s.encoded_len());
     let small = states[states.len() / 2].clone();
     let large = {
         let mut s = small.clone();

@@ -39,7 +39,7 @@ fn config(release: ReleaseId, initial: ReleaseId) -> NodeConfig {
 
 impl Harness {
     fn start(disk: Disk, release: ReleaseId, initial: ReleaseId, now: Time) -> Harness {
-        let node = Node::new(config(release, initial), now);
+        let node = Node::new(config(release, initial), now).expect("a valid configuration");
         Harness {
             node,
             disk,

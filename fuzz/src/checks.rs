@@ -1444,7 +1444,7 @@ impl MigNode {
         fault: Option<MigCrash>,
     ) -> MigNode {
         MigNode {
-            node: Node::new(mig_config(multi, release), now),
+            node: Node::new(mig_config(multi, release), now).expect("a valid configuration"),
             disk: MigDisk {
                 durable,
                 pending: Vec::new(),

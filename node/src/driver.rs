@@ -202,17 +202,19 @@ const MAX_ROUND: usize = 64;
 
 impl Driver {
     /// Builds the driver around a fresh node. The node's first outputs (the
-    /// storage read) are carried out when `run` starts.
+    /// storage read) are carried out when `run` starts. A configuration the
+    /// core refuses is an error (the node binary checks it earlier, with
+    /// the same words).
     pub fn new(
         cfg: cairn_core::NodeConfig,
         handle: &DriverHandle,
         peers: PeerSender,
         storage: mpsc::UnboundedSender<Job>,
         storage_stats: Arc<StorageStats>,
-    ) -> Driver {
+    ) -> Result<Driver, cairn_core::Error> {
         let origin = Instant::now();
-        let node = Node::new(cfg, Time(TIME_BASE));
-        Driver {
+        let node = Node::new(cfg, Time(TIME_BASE))?;
+        Ok(Driver {
             node,
             origin,
             peers,
@@ -234,7 +236,7 @@ impl Driver {
                 state: "none",
                 ..MigrationState::default()
             },
-        }
+        })
     }
 
     fn now(&self) -> Time {

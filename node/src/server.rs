@@ -92,6 +92,7 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         dir: cfg.backups_dir(),
         retention: cfg.backup_retention,
     };
+    let driver = Driver::new(node_cfg, &handle, sender, jobs_tx, storage_stats.clone())?;
     let storage_task = tokio::spawn(storage::run(
         store,
         jobs_rx,
@@ -99,7 +100,6 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         storage_stats.clone(),
         backup_policy,
     ));
-    let driver = Driver::new(node_cfg, &handle, sender, jobs_tx, storage_stats.clone());
     let mut driver_task = tokio::spawn(driver.run(inbox, done_rx));
 
     let metrics = Arc::new(NodeMetrics::new(

@@ -17,9 +17,13 @@
 //!     the fault atlas; swarm topology.
 //!   - [`clock`]: per-node drift and offset.
 //!   - [`nemesis`]: which fault next.
+//!   - [`misconfig`]: an operator's configuration mistakes, tried (and
+//!     refused) at every node start.
 //!   - [`workload`]: the clients.
 //!   - [`history`]: the truth model of client writes and causality.
 //!   - [`oracle`]: the judgements.
+//!   - [`placement`]: a reference model of the ring, which core's must
+//!     match.
 //!   - [`oracle_versions`]: the judgements about releases, cluster
 //!     versions, migrations and restores.
 //!   - [`upgrade`]: version scenarios and their orchestration plans (run by
@@ -42,11 +46,13 @@ pub mod clock;
 pub mod disk;
 pub mod fuzzing;
 pub mod history;
+pub mod misconfig;
 pub mod nemesis;
 pub mod network;
 pub mod options;
 pub mod oracle;
 pub mod oracle_versions;
+pub mod placement;
 pub mod planted;
 pub mod power;
 pub mod report;

@@ -11,10 +11,17 @@
 //! | `ack-has-dot`     | every `Response::Written`      | an acknowledged write was issued a dot            |
 //! | `context-refused` | every answer to a hostile write | a write whose context is forged, of another key, truncated or of the old format is refused as a bad context, and no dot was issued for it |
 //! | `context-accepted` | every answer to another write | a write with a context a read of the same key returned (however long ago) is never refused for its context |
+//! | `context-bounded` | every read's context            | a context handed out decodes, is no longer than `max_token_len` of its entries, and limits of exactly its size accept it |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
 //! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
 //! | `clean-restart`   | every `Event::Recovered` after a clean shutdown | a node that shut down cleanly (serving, on a disk left undamaged) starts again in the same epoch |
 //! | `shutdown-completes` | a clean restart's deadline (`shutdown_bound_ms`) | a node asked to shut down cleanly has finished (or halted on a failed sync) |
+//! | `config-refused`  | every node start                | each of an operator's one-field configuration mistakes ([`crate::misconfig`]) is refused by `Node::new`, naming its field |
+//! | `config-accepted` | every node start                | the configuration at the edge of each rule, and the node's own, are accepted |
+//! | `placement`       | the start of a run               | core's ring places every workload key and partition where the reference model ([`crate::placement`]) does |
+//! | `metrics-truthful` | every node stop and the end of a run | a node's counters (client requests and errors, bad contexts, writes, syncs, undecodable and unknown messages) match what it was seen to do since it started |
+//! | `io-order`        | every storage output              | the io ids a node asks for increase (a driver matches completions by them) |
+//! | `progress`        | liveness phase, after the final reads | the healed cluster acknowledges one more write of every key |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,
@@ -30,8 +37,9 @@
 //! every acknowledged write is <= a frontier element.
 
 use bytes::Bytes;
+use cairn_core::context::{inspect, max_token_len};
 use cairn_core::storage::{data_key, decode_record, Record, META_KEY};
-use cairn_core::{ClientError, Dot, NodeId, Response};
+use cairn_core::{ClientError, Context, Dot, Limits, NodeId, Response};
 
 use crate::history::{History, WriteId};
 
@@ -81,6 +89,53 @@ fn list(h: &History, ws: &[WriteId]) -> String {
         .map(|&w| describe(h, w))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `context-bounded`: a context handed to a client is a well-formed token
+/// no longer than [`max_token_len`] of its entry count, and the tightest
+/// limits that allow that many entries (and that length) accept it: the
+/// limits are inclusive, so a node configured for `e` entries never refuses
+/// a context of `e`.
+pub fn check_context(
+    context: &Context,
+    what: &(impl std::fmt::Display + ?Sized),
+) -> Result<(), Violation> {
+    let token = context.as_bytes();
+    if token.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: String| {
+        Err(Violation::new(
+            "context-bounded",
+            format!("{what} returned a context of {} bytes {why}", token.len()),
+        ))
+    };
+    let roomy = Limits {
+        max_context_entries: usize::MAX,
+        max_context_len: token.len(),
+        ..Limits::default()
+    };
+    let entries = match inspect(token, &roomy) {
+        Ok(vv) => vv.entries().len(),
+        Err(e) => return bad(format!("that does not decode: {e}")),
+    };
+    let max = max_token_len(entries);
+    if token.len() > max {
+        return bad(format!(
+            "for {entries} entries, more than the {max} bytes such a context can need"
+        ));
+    }
+    let tight = Limits {
+        max_context_entries: entries,
+        max_context_len: max,
+        ..Limits::default()
+    };
+    if let Err(e) = inspect(token, &tight) {
+        return bad(format!(
+            "that limits of exactly {entries} entries and {max} bytes refuse: {e}"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the siblings of one read (already mapped to writes) against the

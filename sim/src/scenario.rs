@@ -899,6 +899,23 @@ impl Scenario {
                 return Err(format!("timing.{f}: must be positive"));
             }
         }
+        // What the nodes themselves would refuse (strict quorums, a
+        // tombstone grace that outlasts requests, ...), said before a run.
+        let members: Vec<cairn_core::NodeId> = (1..=self.nodes).map(cairn_core::NodeId).collect();
+        let mut cfg = cairn_core::NodeConfig::new(members[0], members, 0);
+        cfg.quorum = cairn_core::Quorum {
+            n: q.n,
+            r: q.r,
+            w: q.w,
+        };
+        cfg.partitions = self.ring_partitions;
+        cfg.vnodes = self.vnodes;
+        self.timing.apply(&mut cfg.timing);
+        if let Err(e) = cfg.validate() {
+            return Err(format!(
+                "the nodes would refuse this scenario's configuration: {e}"
+            ));
+        }
         for b in &self.planted_bugs {
             if crate::planted::find(b).is_none() {
                 return Err(format!(

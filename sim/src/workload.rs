@@ -281,11 +281,12 @@ impl Workload {
     /// `context` cut to a random length of at least one byte and less
     /// than its own (None when it is too short to cut).
     pub fn truncated(&mut self, context: &Context) -> Option<Context> {
-        if context.len() < 2 {
+        let bytes = context.as_bytes();
+        if bytes.len() < 2 {
             return None;
         }
-        let len = self.hostile_rng.gen_range(1..context.len());
-        Some(Context::from(&context.as_bytes()[..len]))
+        let len = self.hostile_rng.gen_range(1..bytes.len());
+        Some(Context::from(&bytes[..len]))
     }
 
     pub fn next_request(&mut self) -> RequestId {

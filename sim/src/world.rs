@@ -21,10 +21,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use cairn_core::node::Phase as CorePhase;
 use cairn_core::ring::Ring;
 use cairn_core::{
-    ClientError, Event, InitialClusterState, Input, IoId, IoResult, Node, NodeConfig, NodeId,
-    Output, Quorum, ReadRequest, Request, RequestId, Response, Time,
+    ClientError, Context, Event, InitialClusterState, Input, IoId, IoResult, Node, NodeConfig,
+    NodeId, Output, Quorum, ReadRequest, Request, RequestId, Response, Time,
 };
 
 use crate::atlas::{Atlas, Chaos};
@@ -74,6 +75,10 @@ enum Phase {
     Safety,
     Liveness,
     FinalReads,
+    /// The healed cluster must take one more write of every key (from the
+    /// context its final read returned): a cluster that reads but cannot
+    /// write fails here (`progress`).
+    FinalWrites,
     Done,
 }
 
@@ -159,6 +164,9 @@ enum Ev {
     FinalRead {
         key: u32,
     },
+    FinalWrite {
+        key: u32,
+    },
     LivenessDeadline,
 }
 
@@ -232,9 +240,68 @@ struct Slot {
     /// The epoch of a clean shutdown that left the disk undamaged: the next
     /// start must keep it (`clean-restart`).
     kept_epoch: Option<u32>,
+    /// What this incarnation was seen to do, for `metrics-truthful`.
+    counted: Counted,
+    /// The last io id this incarnation used (`io-order`).
+    last_io: Option<IoId>,
+}
+
+/// Counts the simulator keeps of what one incarnation of a node did, from
+/// its inputs and outputs. The node's own metrics (what operators graph and
+/// alert on) must agree: oracle `metrics-truthful`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counted {
+    client_requests: u64,
+    client_errors: u64,
+    bad_contexts: u64,
+    writes: u64,
+    syncs: u64,
+    undecodable: u64,
+    unknown_messages: u64,
+}
+
+impl Counted {
+    /// The same counts as the node reports them.
+    fn reported(m: &cairn_core::node::Metrics) -> Counted {
+        Counted {
+            client_requests: m.client_requests,
+            client_errors: m.client_errors,
+            bad_contexts: m.bad_contexts,
+            writes: m.writes,
+            syncs: m.syncs,
+            undecodable: m.undecodable,
+            unknown_messages: m.unknown_messages,
+        }
+    }
 }
 
 impl Slot {
+    /// Whether the node takes inputs (a stopped or halted one ignores them).
+    fn takes_input(&self) -> bool {
+        self.node
+            .as_ref()
+            .is_some_and(|n| !matches!(n.phase(), CorePhase::Halted | CorePhase::Stopped))
+    }
+
+    /// `metrics-truthful`: the node's counters agree with what it was seen
+    /// to do since it started.
+    fn check_metrics(&self, i: usize) -> Result<(), Violation> {
+        let Some(node) = self.node.as_ref() else {
+            return Ok(());
+        };
+        let reported = Counted::reported(node.metrics());
+        if reported == self.counted {
+            return Ok(());
+        }
+        Err(Violation::new(
+            "metrics-truthful",
+            format!(
+                "n{} reports {reported:?} but was seen to do {:?}",
+                i + 1,
+                self.counted
+            ),
+        ))
+    }
     /// The live schema of the node's durable image (decoded once per
     /// metadata record, not once per acknowledgement checked).
     fn durable_schema(&self) -> Option<u16> {
@@ -303,6 +370,9 @@ pub struct World {
     safety_end: Time,
     converged_at: Option<Time>,
     final_todo: BTreeSet<u32>,
+    /// What each key's final read returned: the context and the writes it
+    /// saw, for the final write.
+    final_contexts: BTreeMap<u32, (Context, Vec<WriteId>)>,
     draining: bool,
     /// Disk faults and clock steps (see [`crate::atlas`]).
     atlas: Atlas,
@@ -358,6 +428,8 @@ impl World {
                 ),
                 meta_cache: Default::default(),
                 kept_epoch: None,
+                counted: Counted::default(),
+                last_io: None,
             })
             .collect();
         let mut slots: Vec<Slot> = slots;
@@ -400,6 +472,7 @@ impl World {
             safety_end: Time::ZERO,
             converged_at: None,
             final_todo: BTreeSet::new(),
+            final_contexts: BTreeMap::new(),
             draining: false,
             atlas,
             script,
@@ -460,6 +533,16 @@ impl World {
     /// Runs to the end: a pass, or the first failure.
     pub fn run(&mut self) -> (Outcome, Time) {
         self.record(Record::Phase { name: "safety" });
+        let members: Vec<NodeId> = self.slots.iter().map(|s| s.id).collect();
+        let model = crate::placement::Placement::new(
+            &members,
+            self.scenario.ring_partitions,
+            self.scenario.vnodes,
+            self.ring.n(),
+        );
+        if let Err(v) = model.check(&self.ring, &self.workload.keys) {
+            self.violation(v);
+        }
         for i in 0..self.slots.len() {
             self.start_node(i);
             if self.outcome.is_some() {
@@ -510,6 +593,14 @@ impl World {
             self.handle(ev);
         }
         self.finish_script();
+        if self.outcome.is_none() {
+            for i in 0..self.slots.len() {
+                if let Err(v) = self.slots[i].check_metrics(i) {
+                    self.violation(v);
+                    break;
+                }
+            }
+        }
         let (outcome, at) = self.outcome.clone().unwrap_or((Outcome::Pass, self.now));
         let message = outcome.message();
         self.trace.record(
@@ -580,6 +671,9 @@ impl World {
             } => {
                 let s = &mut self.slots[node];
                 if s.inc == inc && s.node.is_some() {
+                    if s.takes_input() {
+                        s.counted.syncs += 1;
+                    }
                     let damaged = s.disk.stats.damaged;
                     s.disk.complete_sync(mark);
                     let d = s.disk.stats.damaged - damaged;
@@ -691,10 +785,14 @@ impl World {
             Ev::SafetyEnd => self.begin_liveness(),
             Ev::ConvergenceCheck => self.convergence_check(),
             Ev::FinalRead { key } => self.final_read(key),
+            Ev::FinalWrite { key } => self.final_write(key),
             Ev::LivenessDeadline if self.options.deep.unlimited => {
                 // Convergence assumes durability; with the atlas lifted only
                 // the safety oracles apply.
-                if matches!(self.phase, Phase::Liveness | Phase::FinalReads) {
+                if matches!(
+                    self.phase,
+                    Phase::Liveness | Phase::FinalReads | Phase::FinalWrites
+                ) {
                     self.record(Record::Phase {
                         name: "liveness-not-judged",
                     });
@@ -702,11 +800,19 @@ impl World {
                 }
             }
             Ev::LivenessDeadline => {
-                if matches!(self.phase, Phase::Liveness | Phase::FinalReads) {
+                if matches!(
+                    self.phase,
+                    Phase::Liveness | Phase::FinalReads | Phase::FinalWrites
+                ) {
                     let gaps = self.convergence_gaps(8);
                     let what = if self.phase == Phase::FinalReads {
                         format!(
                             "final reads of {} key(s) did not succeed",
+                            self.final_todo.len()
+                        )
+                    } else if self.phase == Phase::FinalWrites {
+                        format!(
+                            "[progress] final writes of {} key(s) were not acknowledged",
                             self.final_todo.len()
                         )
                     } else {
@@ -766,8 +872,30 @@ impl World {
             kind: NodeEventKind::Started,
             detail: inc as u64,
         });
+        // The operator's mistakes first: each must be refused (and no node
+        // exists on it), each edge of the rules accepted.
+        match catch_unwind(AssertUnwindSafe(|| {
+            crate::misconfig::judge(i + 1, &cfg, now)
+        })) {
+            Ok(Ok(())) => {}
+            Ok(Err(v)) => self.violation(v),
+            Err(p) => {
+                let msg = panic_message(&*p);
+                self.fail(Outcome::Panic(format!(
+                    "n{} panicked on a misconfiguration: {msg}",
+                    i + 1
+                )));
+                return;
+            }
+        }
+        self.slots[i].counted = Counted::default();
+        self.slots[i].last_io = None;
         match catch_unwind(AssertUnwindSafe(|| Node::new(cfg, now))) {
-            Ok(node) => {
+            Ok(Err(e)) => self.violation(Violation::new(
+                "config-accepted",
+                format!("n{} refused the configuration it was given: {e}", i + 1),
+            )),
+            Ok(Ok(node)) => {
                 let s = &mut self.slots[i];
                 s.node = Some(node);
                 s.state = NodeState::Up;
@@ -787,6 +915,9 @@ impl World {
 
     /// Takes a node out: the process is gone and its unsynced writes with it.
     fn stop_node(&mut self, i: usize) {
+        if let Err(v) = self.slots[i].check_metrics(i) {
+            self.violation(v);
+        }
         let s = &mut self.slots[i];
         s.node = None;
         s.state = NodeState::Down;
@@ -904,6 +1035,25 @@ impl World {
     }
 
     fn apply(&mut self, i: usize, o: Output) {
+        if let Output::Write { io, .. }
+        | Output::Sync { io }
+        | Output::Read { io, .. }
+        | Output::Backup { io, .. } = &o
+        {
+            // A driver matches completions to requests by io id.
+            let last = self.slots[i].last_io.replace(*io);
+            if last.is_some_and(|last| *io <= last) {
+                self.violation(Violation::new(
+                    "io-order",
+                    format!(
+                        "n{} asked for io {} after io {}: io ids must increase",
+                        i + 1,
+                        io.0,
+                        last.map_or(0, |l| l.0)
+                    ),
+                ));
+            }
+        }
         match o {
             Output::Send { to, bytes } => {
                 let Some(j) = self.index_of(to) else {
@@ -916,6 +1066,7 @@ impl World {
                 self.send(i, j, bytes);
             }
             Output::Write { key, value, .. } => {
+                self.slots[i].counted.writes += 1;
                 if value.is_none() && key.first() == Some(&b'h') {
                     self.check_hint_removal(i, &key);
                 }
@@ -957,7 +1108,14 @@ impl World {
                     },
                 );
             }
-            Output::Reply { id, response } => self.on_reply(i, id, response),
+            Output::Reply { id, response } => {
+                if let Response::Error(e) = &response {
+                    let c = &mut self.slots[i].counted;
+                    c.client_errors += 1;
+                    c.bad_contexts += matches!(e, ClientError::BadContext(_)) as u64;
+                }
+                self.on_reply(i, id, response)
+            }
             Output::Event(e) => self.on_event(i, e),
             Output::Timeout(_) => unreachable!("drain stops at Timeout"),
         }
@@ -965,6 +1123,11 @@ impl World {
 
     fn on_event(&mut self, i: usize, e: Event) {
         self.versions_on_event(i, &e);
+        match &e {
+            Event::Undecodable { .. } => self.slots[i].counted.undecodable += 1,
+            Event::UnknownMessage { .. } => self.slots[i].counted.unknown_messages += 1,
+            _ => {}
+        }
         let node = i as u32 + 1;
         match e {
             Event::WriteIssued {
@@ -1190,7 +1353,7 @@ impl World {
                     None => self.workload.pick(&candidates),
                 };
                 self.note_then_node(c, node);
-                self.send_write(c, node, cont);
+                self.send_write(Some(c), node, cont);
             }
             ClientState::Idle => {
                 if self.script.is_scripted() {
@@ -1212,7 +1375,7 @@ impl World {
     fn start_plan(&mut self, c: u32, plan: Plan, key: u32, node: usize) {
         let keys = self.workload.keys.len() as u32;
         match plan {
-            Plan::BlindPut => self.send_write(c, node, Continuation::blind(key)),
+            Plan::BlindPut => self.send_write(Some(c), node, Continuation::blind(key)),
             Plan::ReadModifyWrite => self.send_get(Some(c), node, key, Then::Put),
             Plan::Delete => self.send_get(Some(c), node, key, Then::Delete),
             Plan::Read => self.send_get(Some(c), node, key, Then::Nothing),
@@ -1226,14 +1389,14 @@ impl World {
                         context: kept.context,
                         hostile: None,
                     };
-                    self.send_write(c, node, cont);
+                    self.send_write(Some(c), node, cont);
                 }
                 // Nothing kept yet: an ordinary read-modify-write.
                 None => self.send_get(Some(c), node, key, Then::Put),
             },
             Plan::Hostile(forgery @ (Forgery::Forged | Forgery::OldFormat)) => {
                 let cont = self.forged_write(key, node, forgery);
-                self.send_write(c, node, cont);
+                self.send_write(Some(c), node, cont);
             }
             Plan::Hostile(Forgery::Replayed) if keys > 1 => {
                 let then = Then::Hostile {
@@ -1252,7 +1415,7 @@ impl World {
             // One key: nothing to replay from.
             Plan::Hostile(Forgery::Replayed) => {
                 let cont = self.forged_write(key, node, Forgery::Forged);
-                self.send_write(c, node, cont);
+                self.send_write(Some(c), node, cont);
             }
         }
     }
@@ -1308,7 +1471,7 @@ impl World {
         );
     }
 
-    fn send_write(&mut self, c: u32, node: usize, cont: Continuation) {
+    fn send_write(&mut self, c: Option<u32>, node: usize, cont: Continuation) {
         let id = self.workload.next_request();
         // A hostile write saw nothing, whatever its context claims.
         debug_assert!(cont.hostile.is_none() || cont.preds.is_empty());
@@ -1343,7 +1506,7 @@ impl World {
         self.dispatch(
             id,
             InFlight {
-                client: Some(c),
+                client: c,
                 node,
                 key: cont.key,
                 step,
@@ -1371,6 +1534,9 @@ impl World {
         }
         self.workload.stats.sent += 1;
         self.workload.inflight.insert(id, f);
+        if self.slots[node].takes_input() {
+            self.slots[node].counted.client_requests += 1;
+        }
         let timeout = self.workload.opts.client_timeout_ms * 1000;
         self.after(timeout, Ev::ClientDeadline { request: id });
         self.feed(node, |now| Input::Client { now, id, request });
@@ -1404,7 +1570,7 @@ impl World {
         });
         match f.client {
             Some(c) => self.client_next(c),
-            None => self.after(RETRY_US, Ev::FinalRead { key: f.key }),
+            None => self.final_retry(&f),
         }
     }
 
@@ -1460,14 +1626,19 @@ impl World {
                 if let Err(v) = verdict {
                     return self.violation(v);
                 }
+                if let Err(v) = oracle::check_context(&context, &what) {
+                    return self.violation(v);
+                }
                 if let Some(c) = f.client {
                     self.workload.keep(c, f.key, &context, &writes);
                 }
                 match (then, f.client) {
                     (Then::Final, _) => {
-                        self.final_todo.remove(&f.key);
+                        if self.final_todo.remove(&f.key) {
+                            self.final_contexts.insert(f.key, (context, writes));
+                        }
                         if self.final_todo.is_empty() {
-                            self.phase = Phase::Done;
+                            self.begin_final_writes();
                         }
                     }
                     (Then::Put | Then::Delete, Some(c)) if self.phase == Phase::Safety => {
@@ -1531,8 +1702,14 @@ impl World {
                 if let Err(v) = verdict {
                     return self.violation(v);
                 }
-                if let Some(c) = f.client {
-                    self.client_next(c);
+                match f.client {
+                    Some(c) => self.client_next(c),
+                    None => {
+                        self.final_todo.remove(&f.key);
+                        if self.phase == Phase::FinalWrites && self.final_todo.is_empty() {
+                            self.phase = Phase::Done;
+                        }
+                    }
                 }
             }
             (_, Response::Error(e)) => {
@@ -1560,7 +1737,7 @@ impl World {
                 });
                 match f.client {
                     Some(c) => self.client_next(c),
-                    None => self.after(RETRY_US, Ev::FinalRead { key: f.key }),
+                    None => self.final_retry(&f),
                 }
             }
             (step, r) => self.violation(Violation::new(
@@ -2103,6 +2280,49 @@ impl World {
         if self.final_todo.is_empty() {
             self.phase = Phase::Done;
         }
+    }
+
+    /// The final reader's or writer's request failed: try again.
+    fn final_retry(&mut self, f: &InFlight) {
+        let ev = match f.step {
+            Step::Get { .. } => Ev::FinalRead { key: f.key },
+            _ => Ev::FinalWrite { key: f.key },
+        };
+        self.after(RETRY_US, ev);
+    }
+
+    fn begin_final_writes(&mut self) {
+        self.phase = Phase::FinalWrites;
+        self.record(Record::Phase {
+            name: "final-writes",
+        });
+        for k in 0..self.history.key_count() {
+            self.final_todo.insert(k);
+            self.schedule(self.now, Ev::FinalWrite { key: k });
+        }
+        if self.final_todo.is_empty() {
+            self.phase = Phase::Done;
+        }
+    }
+
+    fn final_write(&mut self, key: u32) {
+        if self.phase != Phase::FinalWrites || !self.final_todo.contains(&key) {
+            return;
+        }
+        let candidates = self.candidates();
+        if candidates.is_empty() {
+            return self.after(RETRY_US, Ev::FinalWrite { key });
+        }
+        let node = candidates[(key as usize + self.events as usize) % candidates.len()];
+        let (context, preds) = self.final_contexts.get(&key).cloned().unwrap_or_default();
+        let cont = Continuation {
+            key,
+            tombstone: false,
+            preds,
+            context,
+            hostile: None,
+        };
+        self.send_write(None, node, cont);
     }
 
     fn final_read(&mut self, key: u32) {

@@ -202,8 +202,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// Creates a node and asks its driver to read storage.
-    pub fn new(cfg: NodeConfig, now: Time) -> Node {
+    /// Creates a node and asks its driver to read storage. A configuration
+    /// that [`NodeConfig::validate`] refuses is refused here too, with the
+    /// same message: no node runs on it, and nothing is read or written.
+    pub fn new(cfg: NodeConfig, now: Time) -> Result<Node, crate::Error> {
+        cfg.validate()?;
         let release = cfg.release.release();
         let ring = Ring::new(&cfg.members, cfg.partitions, cfg.vnodes, cfg.quorum.n);
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -271,7 +274,7 @@ impl Node {
             cfg,
         };
         node.start_loading();
-        node
+        Ok(node)
     }
 
     // ---- getters -------------------------------------------------------

@@ -22,6 +22,7 @@
 //! | `metrics-truthful` | every node stop and the end of a run | a node's counters (client requests and errors, bad contexts, writes, syncs, undecodable and unknown messages) match what it was seen to do since it started |
 //! | `io-order`        | every storage output              | the io ids a node asks for increase (a driver matches completions by them) |
 //! | `progress`        | liveness phase, after the final reads | the healed cluster acknowledges one more write of every key |
+//! | `request-valid`   | every honest request refused as invalid | only the sibling limit refuses it: keys and values are exactly as long as the nodes' limits allow |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,

@@ -851,6 +851,16 @@ impl World {
         cfg.partitions = self.scenario.ring_partitions;
         cfg.vnodes = self.scenario.vnodes;
         self.scenario.timing.apply(&mut cfg.timing);
+        // Keys and values exactly as long as the limits allow: every write
+        // sits on the edge, which must be accepted (`request-valid`).
+        cfg.limits.max_key_len = self
+            .workload
+            .keys
+            .iter()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(1);
+        cfg.limits.max_value_len = (self.workload.opts.value_len as usize).max(8);
         for b in &self.bugs {
             b.apply(&mut cfg.bugs);
         }
@@ -1711,6 +1721,16 @@ impl World {
                         }
                     }
                 }
+            }
+            (_, Response::Error(ClientError::Invalid(why)))
+                if f.hostile.is_none() && !why.starts_with("key has ") =>
+            {
+                // Only the sibling limit may refuse an honest request: its
+                // key and value are within the limits the nodes were given.
+                self.violation(Violation::new(
+                    "request-valid",
+                    format!("{what} was refused as invalid, within every limit: {why}"),
+                ))
             }
             (_, Response::Error(e)) => {
                 if let Step::Put { write } | Step::Delete { write } = f.step {

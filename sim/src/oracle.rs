@@ -23,6 +23,8 @@
 //! | `io-order`        | every storage output              | the io ids a node asks for increase (a driver matches completions by them) |
 //! | `progress`        | liveness phase, after the final reads | the healed cluster acknowledges one more write of every key |
 //! | `request-valid`   | every honest request refused as invalid | only the sibling limit refuses it: keys and values are exactly as long as the nodes' limits allow |
+//! | `answered`        | every client timeout              | a node that took a request and is still the same running process answered it (its own request timeout is shorter than the client's); not judged on a node whose clock stepped backwards |
+//! | `reaped`          | liveness phase, once converged    | every key that holds only deletes is reaped on every node before the liveness bound |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,

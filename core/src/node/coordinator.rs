@@ -644,7 +644,8 @@ impl Node {
             started: self.now,
         };
         self.ops.insert(req, Op::Put(op));
-        self.set_deadline(req, self.now + self.cfg.timing.hint_after);
+        let t = self.cfg.timing;
+        self.set_deadline(req, self.now + t.hint_after.min(t.request_timeout));
         if self.bugs().ack_before_durable {
             self.local_put_durable(req);
         } else {
@@ -722,8 +723,10 @@ impl Node {
         }
     }
 
-    /// Hint replicas that have not acknowledged; fail the client when the
-    /// request timeout passes without a quorum.
+    /// Hint replicas that have not acknowledged once `hint_after` has
+    /// passed; fail the client when the request timeout passes without a
+    /// quorum. The two are independent: a client never waits longer than
+    /// the request timeout, however late hinting is configured.
     fn put_deadline(&mut self, req: u64) {
         let me = self.cfg.id;
         let now = self.now;
@@ -731,37 +734,44 @@ impl Node {
         let Some(Op::Put(op)) = self.ops.get_mut(&req) else {
             return;
         };
-        let missing: Vec<NodeId> = op
-            .replicas
-            .iter()
-            .copied()
-            .filter(|r| *r != me && !op.acked.contains(r) && !op.hinted.contains(r))
-            .collect();
+        let hint_at = op.started + t.hint_after;
+        let fail_at = op.started + t.request_timeout;
+        let missing: Vec<NodeId> = if now >= hint_at {
+            op.replicas
+                .iter()
+                .copied()
+                .filter(|r| *r != me && !op.acked.contains(r) && !op.hinted.contains(r))
+                .collect()
+        } else {
+            Vec::new()
+        };
         op.hinted.extend_from_slice(&missing);
         let key = op.key.clone();
         let state = op.state.clone();
-        let timed_out = !op.answered && now >= op.started + t.request_timeout;
-        let next = if op.answered {
-            None
-        } else {
-            Some(op.started + t.request_timeout)
-        };
+        let timed_out = !op.answered && now >= fail_at;
+        if timed_out {
+            op.answered = true;
+        }
+        let next = [
+            (now < hint_at).then_some(hint_at),
+            (!op.answered).then_some(fail_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let (client, acks) = (op.client, op.acked.len() as u8);
         for target in missing {
             self.store_hint(target, &key, &state);
         }
         if timed_out {
-            self.ops.remove(&req);
             self.metrics.quorum_timeouts += 1;
             let needed = self.cfg.quorum.w;
             self.fail_client(client, ClientError::Timeout { acks, needed });
-            return;
         }
         match next {
-            Some(at) if at > now => self.set_deadline(req, at),
-            Some(_) => self.set_deadline(req, now),
+            Some(at) => self.set_deadline(req, at.max(now)),
+            // Answered, and every replica acknowledged or hinted.
             None => {
-                // Answered and every replica acknowledged or hinted.
                 self.ops.remove(&req);
             }
         }

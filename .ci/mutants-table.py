@@ -17,6 +17,12 @@
 A RUN_DIR holds `meta.json`, `excluded.json`, `sim/mutants.out/` (the
 simulator pass) and, if any mutant survived it, `core/mutants.out/` (the
 same survivors against `cargo test -p cairn-core`).
+
+A later RUN_DIR may re-test mutants of an earlier one on newer code (the
+survivors of a sample, after new oracles): its `supersedes.json` lists the
+earlier names it replaces (`{"old name": "new name or null"}`, null for a
+mutant whose code is gone or which is now excluded). Runs are merged in the
+order given.
 """
 
 import json
@@ -97,7 +103,13 @@ def pct(k, n):
 
 def table(out, run_dirs):
     sim, core, excluded, metas = {}, {}, Counter(), []
+    superseded = {}
     for d in map(Path, run_dirs):
+        if (d / "supersedes.json").exists():
+            superseded = json.loads((d / "supersedes.json").read_text())
+            for old in superseded:
+                sim.pop(old, None)
+                core.pop(old, None)
         sim.update(mutant_outcomes(d / "sim"))
         core.update(mutant_outcomes(d / "core"))
         if (d / "excluded.json").exists():
@@ -166,6 +178,18 @@ def table(out, run_dirs):
         f"cargo-mutants {meta.get('cargo_mutants', '?')}",
         f"- mutants: {', '.join(selections)} ({len(metas)} run(s) merged)",
         "- command(s): " + "; ".join(f"`{c}`" for c in commands),
+    ]
+    if superseded:
+        gone = sum(1 for v in superseded.values() if v is None)
+        doc += [
+            f"- re-tested: {len(superseded) - gone} mutant(s) of the first run that it did not "
+            f"kill (survivors, timeouts, and those it had not reached) were run again on the "
+            f"later commit; {gone} no longer exist there (code removed, or excluded as "
+            f"equivalent) and are not counted. Mutants the first run killed stay killed: the "
+            f"later oracles only add judgements, and no passing run changes before its final "
+            f"phase.",
+        ]
+    doc += [
         f"- sweep per mutant: `cargo test -p cairn-sim --test mutation_sweep -- --ignored` "
         f"(unmutated: {meta.get('baseline_secs', '?')} s wall; timeout {meta.get('timeout_secs', '?')} s)",
         "",

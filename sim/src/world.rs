@@ -2371,13 +2371,18 @@ impl World {
             self.after(CONVERGENCE_POLL_US, Ev::ReapCheck);
             return;
         }
-        self.phase = Phase::FinalReads;
-        self.record(Record::Phase {
-            name: "final-reads",
+        self.begin_final(Phase::FinalReads, "final-reads", |key| Ev::FinalRead {
+            key,
         });
+    }
+
+    /// Starts a final phase: one request of `ev` per key, all of them due.
+    fn begin_final(&mut self, phase: Phase, name: &'static str, ev: fn(u32) -> Ev) {
+        self.phase = phase;
+        self.record(Record::Phase { name });
         for k in 0..self.history.key_count() {
             self.final_todo.insert(k);
-            self.schedule(self.now, Ev::FinalRead { key: k });
+            self.schedule(self.now, ev(k));
         }
         if self.final_todo.is_empty() {
             self.phase = Phase::Done;
@@ -2394,17 +2399,9 @@ impl World {
     }
 
     fn begin_final_writes(&mut self) {
-        self.phase = Phase::FinalWrites;
-        self.record(Record::Phase {
-            name: "final-writes",
+        self.begin_final(Phase::FinalWrites, "final-writes", |key| Ev::FinalWrite {
+            key,
         });
-        for k in 0..self.history.key_count() {
-            self.final_todo.insert(k);
-            self.schedule(self.now, Ev::FinalWrite { key: k });
-        }
-        if self.final_todo.is_empty() {
-            self.phase = Phase::Done;
-        }
     }
 
     fn final_write(&mut self, key: u32) {

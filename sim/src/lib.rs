@@ -17,6 +17,8 @@
 //!     the fault atlas; swarm topology.
 //!   - [`clock`]: per-node drift and offset.
 //!   - [`nemesis`]: which fault next.
+//!   - [`hostile`]: frames no honest peer sends (corrupt, unknown types,
+//!     ill-formed states, foreign partitions), and how a node must react.
 //!   - [`misconfig`]: an operator's configuration mistakes, tried (and
 //!     refused) at every node start.
 //!   - [`workload`]: the clients.
@@ -46,6 +48,7 @@ pub mod clock;
 pub mod disk;
 pub mod fuzzing;
 pub mod history;
+pub mod hostile;
 pub mod misconfig;
 pub mod nemesis;
 pub mod network;

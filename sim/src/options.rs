@@ -120,6 +120,8 @@ pub struct Options {
     pub liveness_ms: u64,
     /// Disk faults, clock steps and the fault atlas.
     pub deep: crate::atlas::DeepOptions,
+    /// Milliseconds between two frames of a hostile peer (`(0, 0)`: none).
+    pub hostile_ms: (u64, u64),
 }
 
 pub(crate) fn draw(rng: &mut SimRng, s: Span) -> u64 {
@@ -239,6 +241,7 @@ impl Options {
             safety_ms: scenario.safety_ms,
             liveness_ms: scenario.liveness_ms,
             deep: crate::atlas::derive(seed, scenario, swarm),
+            hostile_ms: crate::hostile::derive(seed, &scenario.hostile_peers),
         };
         crate::world::fit_options(&mut options, scenario);
         options
@@ -339,6 +342,13 @@ impl fmt::Display for Options {
         )?;
         if self.deep.any() {
             writeln!(f, "{}", self.deep)?;
+        }
+        if self.hostile_ms.1 > 0 {
+            writeln!(
+                f,
+                "  hostile peers: a frame every {}-{} ms",
+                self.hostile_ms.0, self.hostile_ms.1
+            )?;
         }
         write!(
             f,

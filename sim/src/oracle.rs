@@ -19,12 +19,15 @@
 //! | `config-refused`  | every node start                | each of an operator's one-field configuration mistakes ([`crate::misconfig`]) is refused by `Node::new`, naming its field |
 //! | `config-accepted` | every node start                | the configuration at the edge of each rule, and the node's own, are accepted |
 //! | `placement`       | the start of a run               | core's ring places every workload key and partition where the reference model ([`crate::placement`]) does |
-//! | `metrics-truthful` | every node stop and the end of a run | a node's counters (client requests and errors, bad contexts, writes, syncs, undecodable and unknown messages) match what it was seen to do since it started |
+//! | `metrics-truthful` | every node stop and the end of a run | a node's counters (client requests and errors, bad contexts, writes, syncs, undecodable, unknown and stale-protocol messages, damaged records, keys repaired by anti-entropy) match what it was seen to do since it started; a recovery reports as many damaged records as it flagged |
 //! | `io-order`        | every storage output              | the io ids a node asks for increase (a driver matches completions by them) |
 //! | `progress`        | liveness phase, after the final reads | the healed cluster acknowledges one more write of every key |
 //! | `request-valid`   | every honest request refused as invalid | only the sibling limit refuses it: keys and values are exactly as long as the nodes' limits allow |
 //! | `answered`        | every client timeout              | a node that took a request and is still the same running process answered it (its own request timeout is shorter than the client's); not judged on a node whose clock stepped backwards |
 //! | `reaped`          | liveness phase, once converged    | every key that holds only deletes is reaped on every node before the liveness bound |
+//! | `protocols-agreed` | liveness phase, once converged | every serving node holds, with each serving peer, the protocol their releases negotiate (none with a peer it refuses) |
+//! | `hostile-frame`   | every frame of a hostile peer ([`crate::hostile`]) | the node reports it as its kind demands (undecodable, unknown type, or nothing) and answers none |
+//! | `shutdown-answers` | every clean shutdown's `ShutdownComplete` | every client request the node took is answered before it stops |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,
@@ -353,6 +356,38 @@ pub fn check_ack_durable(
     Ok(())
 }
 
+/// `protocols-agreed`: in the converged cluster, every serving node holds,
+/// for every other serving node, the protocol the handshake rules
+/// ([`cairn_core::version::negotiate`]) give their two releases, and none
+/// with a peer whose release they refuse.
+pub fn check_protocols(nodes: &[&cairn_core::Node]) -> Result<(), Violation> {
+    for a in nodes {
+        for b in nodes {
+            if a.id() == b.id() {
+                continue;
+            }
+            let (ra, rb) = (a.release(), b.release());
+            let want =
+                cairn_core::version::negotiate(ra.version, ra.protocols, rb.version, rb.protocols)
+                    .ok();
+            let got = a.peer_protocol(b.id());
+            if got != want {
+                return Err(Violation::new(
+                    "protocols-agreed",
+                    format!(
+                        "{} (release {}) holds protocol {got:?} with {} (release {}), but their releases agree on {want:?}",
+                        a.id(),
+                        ra.version,
+                        b.id(),
+                        rb.version
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,3 +615,4 @@ mod tests {
         }
     }
 }
+

@@ -100,6 +100,8 @@ pub struct FaultStats {
     /// Nodes crashed with all their data damaged at the end of the safety
     /// phase.
     pub wipes: u64,
+    /// Frames of hostile or confused peers (see [`crate::hostile`]).
+    pub hostile_frames: u64,
 }
 
 impl FaultStats {
@@ -116,6 +118,7 @@ impl FaultStats {
             + self.disk_full
             + self.clock_steps
             + self.wipes
+            + self.hostile_frames
     }
 }
 
@@ -268,6 +271,13 @@ impl fmt::Display for RunReport {
                 fs.sync_failures,
                 fs.disk_full,
                 fs.clock_steps
+            )?;
+        }
+        if fs.hostile_frames > 0 {
+            writeln!(
+                f,
+                "  hostile peers: {} frames (corrupt, truncated, unknown types, ill-formed states, foreign partitions)",
+                fs.hostile_frames
             )?;
         }
         if !s.versions.is_empty() {

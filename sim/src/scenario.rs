@@ -399,6 +399,41 @@ impl Default for FaultSpec {
     }
 }
 
+/// Overrides of the nodes' limits (`cairn_core::config::Limits`), small
+/// enough for a run to reach them. Left out: core's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Hints a node keeps; more are dropped (anti-entropy repairs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_hints: Option<usize>,
+    /// Siblings a write may leave; one that would leave more is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_siblings: Option<usize>,
+    /// Messages queued for a peer not yet handshaken; the oldest go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_peer_queue: Option<usize>,
+}
+
+impl LimitsSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsSpec::default()
+    }
+
+    /// Applies the overrides to a node's limits.
+    pub fn apply(&self, l: &mut cairn_core::Limits) {
+        if let Some(v) = self.max_hints {
+            l.max_hints = v;
+        }
+        if let Some(v) = self.max_siblings {
+            l.max_siblings = v;
+        }
+        if let Some(v) = self.max_peer_queue {
+            l.max_peer_queue = v;
+        }
+    }
+}
+
 /// Overrides of the nodes' timers (`cairn_core::config::Timing`), in
 /// milliseconds. Left out: core's default.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -706,6 +741,9 @@ pub struct Scenario {
     /// Overrides of the nodes' timers.
     #[serde(default, skip_serializing_if = "TimingSpec::is_empty")]
     pub timing: TimingSpec,
+    /// Overrides of the nodes' limits.
+    #[serde(default, skip_serializing_if = "LimitsSpec::is_empty")]
+    pub limits: LimitsSpec,
     /// Disk faults under the fault atlas (see [`crate::atlas`]).
     #[serde(
         default,
@@ -718,6 +756,12 @@ pub struct Scenario {
         skip_serializing_if = "crate::atlas::ClockStepSpec::is_default"
     )]
     pub clock_steps: crate::atlas::ClockStepSpec,
+    /// Frames no honest peer sends (see [`crate::hostile`]).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::hostile::HostileSpec::is_default"
+    )]
+    pub hostile_peers: crate::hostile::HostileSpec,
     /// Swarm topology: each seed draws its cluster size and strict quorum.
     #[serde(default, skip_serializing_if = "crate::atlas::SwarmSpec::is_default")]
     pub swarm: crate::atlas::SwarmSpec,
@@ -813,8 +857,10 @@ impl Default for Scenario {
             safety_ms: defaults::safety_ms(),
             liveness_ms: defaults::liveness_ms(),
             timing: TimingSpec::default(),
+            limits: LimitsSpec::default(),
             disk_faults: Default::default(),
             clock_steps: Default::default(),
+            hostile_peers: Default::default(),
             swarm: Default::default(),
             planted_bugs: Vec::new(),
             seeds: Vec::new(),
@@ -911,6 +957,7 @@ impl Scenario {
         cfg.partitions = self.ring_partitions;
         cfg.vnodes = self.vnodes;
         self.timing.apply(&mut cfg.timing);
+        self.limits.apply(&mut cfg.limits);
         if let Err(e) = cfg.validate() {
             return Err(format!(
                 "the nodes would refuse this scenario's configuration: {e}"

@@ -58,6 +58,7 @@ pub const BUILTIN_FILES: &[Embedded] = &[
     embed!(Scenario, "scenarios/clock-skew.toml"),
     embed!(Scenario, "scenarios/clock-jumps.toml"),
     embed!(Scenario, "scenarios/faulty-disks.toml"),
+    embed!(Scenario, "scenarios/hostile-peers.toml"),
     embed!(Scenario, "scenarios/lost-journal.toml"),
     embed!(Scenario, "scenarios/hinted-handoff.toml"),
     embed!(Scenario, "scenarios/anti-entropy-after-partition.toml"),

@@ -62,6 +62,9 @@ pub enum FaultKind {
     /// A node's clock stepped; `detail` is the step in µs, as two's
     /// complement.
     ClockStep,
+    /// A frame no honest peer sends reached the node; `detail` is the
+    /// sender's node id (see [`crate::hostile`]).
+    HostileFrame,
 }
 
 impl FaultKind {
@@ -83,6 +86,7 @@ impl FaultKind {
             FaultKind::DiskFull => "disk-full",
             FaultKind::DiskDamage => "disk-damage",
             FaultKind::ClockStep => "clock-step",
+            FaultKind::HostileFrame => "hostile-frame",
         }
     }
 }

@@ -47,6 +47,8 @@ use crate::workload::{ClientState, Continuation, Forgery, InFlight, Plan, Step, 
 mod script;
 pub use script::{fit_options, run_recorded, Recording};
 
+#[path = "world_hostile.rs"]
+mod hostile_peers;
 #[path = "world_versions.rs"]
 mod versions;
 
@@ -117,6 +119,8 @@ enum Ev {
     },
     /// Disk fills up, clock steps (see [`crate::atlas`]).
     Chaos,
+    /// A hostile peer's frame (see [`crate::hostile`]).
+    Hostile,
     ReadDone {
         node: usize,
         inc: u32,
@@ -250,6 +254,8 @@ struct Slot {
     /// When its clock last stepped backwards (`answered` does not judge a
     /// node after that).
     stepped_back_at: Option<Time>,
+    /// Messages this node has sent, ever (`hostile-frame`).
+    sent: u64,
 }
 
 /// Counts the simulator keeps of what one incarnation of a node did, from
@@ -264,6 +270,13 @@ struct Counted {
     syncs: u64,
     undecodable: u64,
     unknown_messages: u64,
+    /// Messages at a protocol above every one the node speaks (a peer still
+    /// using a protocol agreed with an earlier incarnation).
+    stale_protocol: u64,
+    /// Records recovery found damaged (`CorruptRecord` events).
+    corrupt_records: u64,
+    /// Keys anti-entropy changed (`AntiEntropy` events).
+    anti_entropy_keys: u64,
 }
 
 impl Counted {
@@ -277,6 +290,9 @@ impl Counted {
             syncs: m.syncs,
             undecodable: m.undecodable,
             unknown_messages: m.unknown_messages,
+            stale_protocol: m.stale_protocol,
+            corrupt_records: m.corrupt_records,
+            anti_entropy_keys: m.anti_entropy_keys,
         }
     }
 }
@@ -385,6 +401,10 @@ pub struct World {
     draining: bool,
     /// Disk faults and clock steps (see [`crate::atlas`]).
     atlas: Atlas,
+    /// Frames of hostile or confused peers (see [`crate::hostile`]).
+    hostile: crate::hostile::Hostile,
+    /// A hostile frame is being fed: its `Undecodable` event is expected.
+    hostile_feed: bool,
     script: script::Script,
     versions: versions::Driver,
 }
@@ -440,6 +460,7 @@ impl World {
                 counted: Counted::default(),
                 last_io: None,
                 stepped_back_at: None,
+                sent: 0,
             })
             .collect();
         let mut slots: Vec<Slot> = slots;
@@ -455,6 +476,8 @@ impl World {
         let history = History::new(&workload.keys);
         let script = script::Script::new(&scenario, workload.clients.len());
         let versions = versions::Driver::new(&scenario, &seeds);
+        let hostile =
+            crate::hostile::Hostile::new(options.hostile_ms, seeds.subsystem("hostile-peers"));
         World {
             now: Time::ZERO,
             seq: 0,
@@ -486,6 +509,8 @@ impl World {
             accepted: BTreeMap::new(),
             draining: false,
             atlas,
+            hostile,
+            hostile_feed: false,
             script,
             versions,
         }
@@ -584,6 +609,10 @@ impl World {
             let d = self.atlas.tick_us();
             self.after(d, Ev::Chaos);
         }
+        if self.hostile.is_on() {
+            let d = self.hostile.tick_us();
+            self.after(d, Ev::Hostile);
+        }
         self.schedule(Time::from_millis(safety_ms), Ev::SafetyEnd);
 
         while self.outcome.is_none() && self.phase != Phase::Done {
@@ -673,6 +702,7 @@ impl World {
                 }
             }
             Ev::Chaos => self.chaos_step(),
+            Ev::Hostile => self.hostile_step(),
             Ev::SyncDone {
                 node,
                 inc,
@@ -884,6 +914,7 @@ impl World {
             .max()
             .unwrap_or(1);
         cfg.limits.max_value_len = (self.workload.opts.value_len as usize).max(8);
+        self.scenario.limits.apply(&mut cfg.limits);
         for b in &self.bugs {
             b.apply(&mut cfg.bugs);
         }
@@ -1089,6 +1120,7 @@ impl World {
         }
         match o {
             Output::Send { to, bytes } => {
+                self.slots[i].sent += 1;
                 let Some(j) = self.index_of(to) else {
                     self.violation(Violation::new(
                         "membership",
@@ -1159,9 +1191,16 @@ impl World {
         match &e {
             Event::Undecodable { .. } => self.slots[i].counted.undecodable += 1,
             Event::UnknownMessage { .. } => self.slots[i].counted.unknown_messages += 1,
+            Event::CorruptRecord { .. } => self.slots[i].counted.corrupt_records += 1,
+            Event::AntiEntropy { keys, .. } => {
+                self.slots[i].counted.anti_entropy_keys += *keys as u64
+            }
             _ => {}
         }
         let node = i as u32 + 1;
+        if let Err(v) = self.check_limits(i, &e) {
+            self.violation(v);
+        }
         match e {
             Event::WriteIssued {
                 request,
@@ -1194,17 +1233,30 @@ impl World {
                     kind: NodeEventKind::Undecodable,
                     detail: from.0 as u64,
                 });
+                if self.hostile_feed {
+                    // Judged by `hostile-frame`.
+                    return;
+                }
                 self.violation(Violation::new(
                     "decodable",
                     format!("n{node} could not decode a message from {from}: {reason}"),
                 ));
             }
-            Event::Recovered { epoch, .. } => {
+            Event::Recovered { epoch, corrupt, .. } => {
                 self.record(Record::NodeEvent {
                     node,
                     kind: NodeEventKind::Recovered,
                     detail: epoch as u64,
                 });
+                let reported = self.slots[i].counted.corrupt_records;
+                if corrupt as u64 != reported {
+                    self.violation(Violation::new(
+                        "metrics-truthful",
+                        format!(
+                            "n{node} recovered with {corrupt} damaged records but reported {reported} (`CorruptRecord` events)"
+                        ),
+                    ));
+                }
                 // After a clean shutdown on an undamaged disk a node keeps
                 // its epoch (a restored one re-learns it; a refusing one
                 // reports none).
@@ -1229,6 +1281,25 @@ impl World {
                 detail: 0,
             }),
             Event::ShutdownComplete => {
+                // Every request the node took is answered (an error will
+                // do) before it stops: a client must not wait out its
+                // timeout on a process that is gone.
+                let inc = self.slots[i].inc;
+                let open: Vec<u64> = self
+                    .accepted
+                    .iter()
+                    .filter(|(_, &(n, at))| n == i && at == inc)
+                    .map(|(id, _)| id.0)
+                    .collect();
+                if !open.is_empty() {
+                    self.violation(Violation::new(
+                        "shutdown-answers",
+                        format!(
+                            "n{node} completed its shutdown with {} client request(s) unanswered: {open:?}",
+                            open.len()
+                        ),
+                    ));
+                }
                 let s = &self.slots[i];
                 if s.state == NodeState::ShuttingDown {
                     let inc = s.inc;
@@ -1256,6 +1327,72 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// `limits-kept`: a write a coordinator issues leaves it at most
+    /// `max_siblings` siblings of the key (a write that would leave more is
+    /// refused), and a node holds at most `max_hints` hints.
+    fn check_limits(&self, i: usize, e: &Event) -> Result<(), Violation> {
+        let Some(n) = self.slots[i].node.as_ref() else {
+            return Ok(());
+        };
+        let limits = &n.config().limits;
+        match e {
+            Event::WriteIssued { key, .. } => {
+                let siblings = n.key_state(key).map_or(0, |s| s.siblings().len());
+                if siblings > limits.max_siblings {
+                    return Err(Violation::new(
+                        "limits-kept",
+                        format!(
+                            "n{} issued a write that left {siblings} siblings of {key:?}, above max_siblings = {}",
+                            i + 1,
+                            limits.max_siblings
+                        ),
+                    ));
+                }
+            }
+            Event::HintStored { .. } if n.hint_count() > limits.max_hints => {
+                return Err(Violation::new(
+                    "limits-kept",
+                    format!(
+                        "n{} holds {} hints, above max_hints = {}",
+                        i + 1,
+                        n.hint_count(),
+                        limits.max_hints
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `hints-counted`: once converged, the hints a node says it holds are
+    /// the hint records on its disk.
+    fn check_hint_records(&self) -> Result<(), Violation> {
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(n) = s.node.as_ref() else { continue };
+            let mut keys: Vec<&Bytes> = s
+                .disk
+                .all_records()
+                .map(|(k, _)| k)
+                .filter(|k| k.first() == Some(&b'h') && s.disk.latest(k).is_some())
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            if keys.len() != n.hint_count() {
+                return Err(Violation::new(
+                    "hints-counted",
+                    format!(
+                        "n{} says it holds {} hints, but its disk holds {} hint records",
+                        i + 1,
+                        n.hint_count(),
+                        keys.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     // ----- network --------------------------------------------------------
@@ -1330,6 +1467,11 @@ impl World {
             len,
             duplicate,
         });
+        if let Some(node) = self.slots[to].node.as_ref() {
+            if self.slots[to].takes_input() && hostile_peers::is_stale(node, &bytes) {
+                self.slots[to].counted.stale_protocol += 1;
+            }
+        }
         let id = self.slots[from].id;
         self.feed(to, |now| Input::Message {
             now,
@@ -2338,6 +2480,18 @@ impl World {
             }
         }
         if let Err(v) = self.versions_final_check() {
+            return self.violation(v);
+        }
+        let serving: Vec<&Node> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .filter(|n| n.is_serving())
+            .collect();
+        if let Err(v) = oracle::check_protocols(&serving) {
+            return self.violation(v);
+        }
+        if let Err(v) = self.check_hint_records() {
             return self.violation(v);
         }
         self.phase = Phase::Reaping;

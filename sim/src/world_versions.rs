@@ -424,6 +424,8 @@ impl World {
     pub(super) fn versions_on_event(&mut self, i: usize, e: &Event) {
         let node = self.slots[i].node.as_ref();
         let verdict = match e {
+            // A hostile peer's unknown type is judged by `hostile-frame`.
+            Event::UnknownMessage { .. } if self.hostile_feed => Ok(()),
             Event::UnknownMessage { from, msg_type } => {
                 Err(VersionOracles::unknown_message(i, from.0, *msg_type))
             }

@@ -216,6 +216,9 @@ impl Node {
                 continue;
             }
             if let Some(state) = state {
+                if !self.well_formed_from(from, "an anti-entropy sync", &state) {
+                    continue;
+                }
                 if self.merge_local(&key, &state) {
                     repaired += 1;
                 }

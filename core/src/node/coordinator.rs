@@ -426,8 +426,7 @@ impl Node {
     }
 
     pub(super) fn handle_replica_get_reply(&mut self, from: NodeId, m: wire::ReplicaGetReply) {
-        if !m.state.is_well_formed() {
-            self.metrics.undecodable += 1;
+        if !self.well_formed_from(from, "a replica's read reply", &m.state) {
             return;
         }
         self.get_reply(m.req, from, m.state, None);

@@ -160,12 +160,15 @@ impl Node {
     pub(super) fn handle_hint_batch(&mut self, from: NodeId, m: wire::HintBatch) {
         let mut keys = Vec::with_capacity(m.items.len());
         for (key, state) in m.items {
-            if state.is_well_formed() {
+            if self.well_formed_from(from, "a hint", &state) {
                 self.merge_local(&key, &state);
                 keys.push(key);
-            } else {
-                self.metrics.undecodable += 1;
             }
+        }
+        if keys.is_empty() {
+            // Nothing taken (no honest peer sends an empty batch, or one of
+            // ill-formed states): nothing to acknowledge.
+            return;
         }
         self.after_durable(Deferred::AckHintBatch {
             to: from,

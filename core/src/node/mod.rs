@@ -654,13 +654,26 @@ impl Node {
         self.write_record(record_key, bytes);
     }
 
-    /// Merges a state received from a peer into the local copy, persisting it
-    /// if it changed. Returns true when it changed.
-    fn merge_local(&mut self, key: &Bytes, incoming: &KeyState) -> bool {
-        if !incoming.is_well_formed() {
-            self.metrics.undecodable += 1;
-            return false;
+    /// Whether a state a peer sent is well formed (see
+    /// [`KeyState::is_well_formed`]). One that is not is counted and
+    /// reported like any message that does not decode, and must be dropped:
+    /// every handler that takes a state from the network asks here first.
+    fn well_formed_from(&mut self, from: NodeId, what: &str, state: &KeyState) -> bool {
+        if state.is_well_formed() {
+            return true;
         }
+        self.metrics.undecodable += 1;
+        self.emit(Event::Undecodable {
+            from,
+            reason: alloc::format!("{what} carries an ill-formed state"),
+        });
+        false
+    }
+
+    /// Merges a well-formed state (a peer's, checked by
+    /// [`Node::well_formed_from`]) into the local copy, persisting it if it
+    /// changed. Returns true when it changed.
+    fn merge_local(&mut self, key: &Bytes, incoming: &KeyState) -> bool {
         let schema = self.schema;
         let partition = self.ring.partition_of(key);
         if !self.store.merge(&self.ring, key, incoming, self.now) {

@@ -105,7 +105,9 @@ impl Node {
             .is_some_and(|p| p.protocol.is_some() && p.up)
     }
 
-    pub(super) fn peer_protocol(&self, peer: NodeId) -> Option<u16> {
+    /// The protocol agreed with a peer: None before a handshake completes
+    /// and after the peer refused us or we refused it.
+    pub fn peer_protocol(&self, peer: NodeId) -> Option<u16> {
         self.peers.get(&peer).and_then(|p| p.protocol)
     }
 

@@ -31,8 +31,7 @@ impl Node {
     /// Even when nothing changed, the state may still be waiting for a sync,
     /// so the acknowledgement always goes behind the writes issued so far.
     pub(super) fn handle_replica_put(&mut self, from: NodeId, m: wire::ReplicaPut) {
-        if !m.state.is_well_formed() {
-            self.metrics.undecodable += 1;
+        if !self.well_formed_from(from, "a replica write", &m.state) {
             return;
         }
         self.merge_local(&m.key, &m.state);
@@ -48,15 +47,17 @@ impl Node {
         }
     }
 
-    pub(super) fn handle_read_repair(&mut self, _from: NodeId, m: wire::ReadRepair) {
-        self.repair_local(&m.key, &m.state);
+    pub(super) fn handle_read_repair(&mut self, from: NodeId, m: wire::ReadRepair) {
+        if self.well_formed_from(from, "a read repair", &m.state) {
+            self.repair_local(&m.key, &m.state);
+        }
     }
 
     /// Applies a repair: always a merge, so concurrent siblings survive.
     pub(super) fn repair_local(&mut self, key: &Bytes, state: &KeyState) {
         #[cfg(feature = "planted-bugs")]
         if self.bugs().read_repair_overwrites {
-            if state.is_well_formed() && self.store.get(key) != Some(state) {
+            if self.store.get(key) != Some(state) {
                 let mut s = self.store.get(key).cloned().unwrap_or_default();
                 s.overwrite_with(state);
                 self.put_local(key, Some(s));

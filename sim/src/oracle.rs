@@ -28,6 +28,9 @@
 //! | `protocols-agreed` | liveness phase, once converged | every serving node holds, with each serving peer, the protocol their releases negotiate (none with a peer it refuses) |
 //! | `hostile-frame`   | every frame of a hostile peer ([`crate::hostile`]) | the node reports it as its kind demands (undecodable, unknown type, or nothing) and answers none |
 //! | `shutdown-answers` | every clean shutdown's `ShutdownComplete` | every client request the node took is answered before it stops |
+//! | `status-truthful` | every `Serving`, `Refusing` and `Halted` event | the node's health, refusal and halt reason say the same |
+//! | `corrupt-truthful` | every `Event::CorruptRecord`   | the record was damaged by the disk (a record the node wrote reads back) |
+//! | `merkle-fresh`    | liveness phase, once converged | every node's Merkle roots equal roots built afresh from the states it holds |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,
@@ -388,6 +391,65 @@ pub fn check_protocols(nodes: &[&cairn_core::Node]) -> Result<(), Violation> {
     Ok(())
 }
 
+/// `merkle-fresh`: a node's anti-entropy trees, kept up incrementally on
+/// every change, equal trees built afresh from the states it holds (the
+/// layout of [`cairn_core::merkle`]: a key's leaf, XORed into its bucket;
+/// the root hashes the buckets in order).
+pub fn check_merkle(node: &cairn_core::Node) -> Result<(), Violation> {
+    use cairn_core::merkle::{bucket_of, leaf, BUCKETS};
+    let ring = node.ring();
+    let mut trees = vec![[0u64; BUCKETS]; ring.partitions() as usize];
+    for (key, state) in node.keys() {
+        let p = ring.partition_of(key) as usize;
+        trees[p][bucket_of(key) as usize] ^= leaf(key, state.digest());
+    }
+    for (p, buckets) in trees.iter().enumerate() {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for b in buckets {
+            h.update(&b.to_le_bytes());
+        }
+        let want = h.digest();
+        let got = node.merkle_root(p as u16);
+        if got != want {
+            return Err(Violation::new(
+                "merkle-fresh",
+                format!(
+                    "{} reports Merkle root {got:#x} for partition {p}, but its states hash to {want:#x}",
+                    node.id()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `status-truthful`: what a node says of itself (health, refusal, halt
+/// reason), read by operators and orchestrators, agrees with the event it
+/// just emitted: serving, refusing for a reason, or halted for one.
+pub fn check_status(node: &cairn_core::Node, e: &cairn_core::Event) -> Result<(), Violation> {
+    use cairn_core::wire::Health;
+    use cairn_core::Event;
+    let (health, refusal, halt) = (node.health(), node.refusal(), node.halt_reason());
+    let ok = match e {
+        Event::Serving => health == Health::Serving && refusal.is_none() && halt.is_none(),
+        Event::Refusing { reason } => {
+            health == Health::Refusing && refusal == Some(reason.as_str())
+        }
+        Event::Halted { reason } => health == Health::Halted && halt == Some(reason.as_str()),
+        _ => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Violation::new(
+        "status-truthful",
+        format!(
+            "{} emitted {e:?} but reports health {health:?}, refusal {refusal:?}, halt reason {halt:?}",
+            node.id()
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,4 +677,3 @@ mod tests {
         }
     }
 }
-

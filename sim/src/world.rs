@@ -1191,7 +1191,20 @@ impl World {
         match &e {
             Event::Undecodable { .. } => self.slots[i].counted.undecodable += 1,
             Event::UnknownMessage { .. } => self.slots[i].counted.unknown_messages += 1,
-            Event::CorruptRecord { .. } => self.slots[i].counted.corrupt_records += 1,
+            Event::CorruptRecord { key } => {
+                self.slots[i].counted.corrupt_records += 1;
+                // Damage is the disk's doing, never the node's own: a
+                // record it wrote and cannot read back is a codec bug.
+                if !self.slots[i].disk.is_damaged(key) {
+                    self.violation(Violation::new(
+                        "corrupt-truthful",
+                        format!(
+                            "n{} reports the record {key:?} damaged, but its disk kept it as written",
+                            i + 1
+                        ),
+                    ));
+                }
+            }
             Event::AntiEntropy { keys, .. } => {
                 self.slots[i].counted.anti_entropy_keys += *keys as u64
             }
@@ -1200,6 +1213,11 @@ impl World {
         let node = i as u32 + 1;
         if let Err(v) = self.check_limits(i, &e) {
             self.violation(v);
+        }
+        if let Some(n) = self.slots[i].node.as_ref() {
+            if let Err(v) = oracle::check_status(n, &e) {
+                self.violation(v);
+            }
         }
         match e {
             Event::WriteIssued {
@@ -2489,6 +2507,9 @@ impl World {
             .filter(|n| n.is_serving())
             .collect();
         if let Err(v) = oracle::check_protocols(&serving) {
+            return self.violation(v);
+        }
+        if let Some(v) = serving.iter().find_map(|n| oracle::check_merkle(n).err()) {
             return self.violation(v);
         }
         if let Err(v) = self.check_hint_records() {

@@ -30,6 +30,7 @@
 //! | `shutdown-answers` | every clean shutdown's `ShutdownComplete` | every client request the node took is answered before it stops |
 //! | `status-truthful` | every `Serving`, `Refusing` and `Halted` event | the node's health, refusal and halt reason say the same |
 //! | `corrupt-truthful` | every `Event::CorruptRecord`   | the record was damaged by the disk (a record the node wrote reads back) |
+//! | `rejoin-bounded`  | every timer of a node that started on an empty disk | once a majority of the members (itself included) has served and been reachable for its probe timeout and two handshake retries, it no longer waits for the rest |
 //! | `merkle-fresh`    | liveness phase, once converged | every node's Merkle roots equal roots built afresh from the states it holds |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!

@@ -461,6 +461,8 @@ pub struct TimingSpec {
     pub reap_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_retry_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_timeout_ms: Option<u64>,
 }
 
 impl TimingSpec {
@@ -486,9 +488,10 @@ impl TimingSpec {
         set(&mut t.tombstone_grace, self.tombstone_grace_ms);
         set(&mut t.reap_interval, self.reap_interval_ms);
         set(&mut t.handshake_retry, self.handshake_retry_ms);
+        set(&mut t.probe_timeout, self.probe_timeout_ms);
     }
 
-    fn fields(&self) -> [(&'static str, Option<u64>); 11] {
+    fn fields(&self) -> [(&'static str, Option<u64>); 12] {
         [
             ("tick_ms", self.tick_ms),
             ("request_timeout_ms", self.request_timeout_ms),
@@ -501,6 +504,7 @@ impl TimingSpec {
             ("tombstone_grace_ms", self.tombstone_grace_ms),
             ("reap_interval_ms", self.reap_interval_ms),
             ("handshake_retry_ms", self.handshake_retry_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
         ]
     }
 }

@@ -49,6 +49,8 @@ pub use script::{fit_options, run_recorded, Recording};
 
 #[path = "world_hostile.rs"]
 mod hostile_peers;
+#[path = "world_rejoin.rs"]
+mod rejoin;
 #[path = "world_versions.rs"]
 mod versions;
 
@@ -256,6 +258,11 @@ struct Slot {
     stepped_back_at: Option<Time>,
     /// Messages this node has sent, ever (`hostile-frame`).
     sent: u64,
+    /// When this incarnation started on an empty disk, until it serves
+    /// (`rejoin-bounded`).
+    fresh_start: Option<Time>,
+    /// When this incarnation last began to serve.
+    serving_since: Time,
 }
 
 /// Counts the simulator keeps of what one incarnation of a node did, from
@@ -405,6 +412,8 @@ pub struct World {
     hostile: crate::hostile::Hostile,
     /// A hostile frame is being fed: its `Undecodable` event is expected.
     hostile_feed: bool,
+    /// When a link was last cut or healed (`rejoin-bounded`).
+    net_changed_at: Time,
     script: script::Script,
     versions: versions::Driver,
 }
@@ -461,6 +470,8 @@ impl World {
                 last_io: None,
                 stepped_back_at: None,
                 sent: 0,
+                fresh_start: None,
+                serving_since: Time::ZERO,
             })
             .collect();
         let mut slots: Vec<Slot> = slots;
@@ -511,6 +522,7 @@ impl World {
             atlas,
             hostile,
             hostile_feed: false,
+            net_changed_at: Time::ZERO,
             script,
             versions,
         }
@@ -551,6 +563,12 @@ impl World {
     }
 
     fn fault(&mut self, kind: FaultKind, node: Option<usize>, detail: u64) {
+        if matches!(
+            kind,
+            FaultKind::Partition | FaultKind::Isolate | FaultKind::OneWay | FaultKind::Heal
+        ) {
+            self.net_changed_at = self.now;
+        }
         let links = match kind {
             FaultKind::Partition | FaultKind::Isolate | FaultKind::OneWay => self.net.blocked(),
             _ => 0,
@@ -680,6 +698,7 @@ impl World {
                 if s.inc == inc && s.timer_gen == gen && s.node.is_some() {
                     s.timer_at = None;
                     self.feed(node, Input::Timeout);
+                    self.check_rejoin(node);
                 }
             }
             Ev::SyncDone {
@@ -954,6 +973,7 @@ impl World {
         }
         self.slots[i].counted = Counted::default();
         self.slots[i].last_io = None;
+        self.slots[i].fresh_start = (self.slots[i].disk.durable_len() == 0).then_some(self.now);
         match catch_unwind(AssertUnwindSafe(|| Node::new(cfg, now))) {
             Ok(Err(e)) => self.violation(Violation::new(
                 "config-accepted",
@@ -1293,11 +1313,15 @@ impl World {
                     }
                 }
             }
-            Event::Serving => self.record(Record::NodeEvent {
-                node,
-                kind: NodeEventKind::Serving,
-                detail: 0,
-            }),
+            Event::Serving => {
+                self.slots[i].serving_since = self.now;
+                self.slots[i].fresh_start = None;
+                self.record(Record::NodeEvent {
+                    node,
+                    kind: NodeEventKind::Serving,
+                    detail: 0,
+                })
+            }
             Event::ShutdownComplete => {
                 // Every request the node took is answered (an error will
                 // do) before it stops: a client must not wait out its

@@ -517,8 +517,16 @@ impl World {
                 self.version_record(i, "epoch-learned", &epoch.to_string());
                 self.versions.oracles.epoch_learned(i, *epoch)
             }
-            Event::TombstoneReaped { key } | Event::CorruptRecord { key } => {
+            Event::TombstoneReaped { key } => {
                 self.versions.oracles.excuse(i, key);
+                Ok(())
+            }
+            Event::CorruptRecord { key } => {
+                // A damaged data record names a record key; the snapshot
+                // is by user key.
+                if let Some(user) = user_key_of(key) {
+                    self.versions.oracles.excuse(i, user);
+                }
                 Ok(())
             }
             _ => Ok(()),
@@ -1217,5 +1225,15 @@ impl World {
         self.versions.stats.mid_migration_crashes += 1;
         self.version_record(node, "crash-mid-migration", "");
         self.apply_action(Action::Crash(node));
+    }
+}
+
+/// The user key of a data record's key (`d`, schema, the partition from
+/// schema 3 on, the user key: `cairn_core::storage::data_key`).
+fn user_key_of(record_key: &[u8]) -> Option<&[u8]> {
+    match record_key {
+        [b'd', s, rest @ ..] if *s >= 3 => rest.get(2..),
+        [b'd', _, rest @ ..] => Some(rest),
+        _ => None,
     }
 }

@@ -11,7 +11,7 @@
 //! | `ack-has-dot`     | every `Response::Written`      | an acknowledged write was issued a dot            |
 //! | `context-refused` | every answer to a hostile write | a write whose context is forged, of another key, truncated or of the old format is refused as a bad context, and no dot was issued for it |
 //! | `context-accepted` | every answer to another write | a write with a context a read of the same key returned (however long ago) is never refused for its context |
-//! | `context-bounded` | every read's context            | a context handed out decodes, is no longer than `max_token_len` of its entries, and limits of exactly its size accept it |
+//! | `context-bounded` | every read's context, and the start of a run | a context handed out decodes, is no longer than `max_token_len` of its entries, and limits of exactly its size accept it; a context of the largest ids, epochs and counters takes exactly `max_token_len` |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
 //! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
 //! | `clean-restart`   | every `Event::Recovered` after a clean shutdown | a node that shut down cleanly (serving, on a disk left undamaged) starts again in the same epoch |
@@ -31,6 +31,7 @@
 //! | `status-truthful` | every `Serving`, `Refusing` and `Halted` event | the node's health, refusal and halt reason say the same |
 //! | `corrupt-truthful` | every `Event::CorruptRecord`   | the record was damaged by the disk (a record the node wrote reads back) |
 //! | `rejoin-bounded`  | every timer of a node that started on an empty disk | once a majority of the members (itself included) has served and been reachable for its probe timeout and two handshake retries, it no longer waits for the rest |
+//! | `refusal-heeded`  | every handshake refusal sent or delivered | neither the node that refuses a peer nor the one it refuses holds a protocol with the other |
 //! | `merkle-fresh`    | liveness phase, once converged | every node's Merkle roots equal roots built afresh from the states it holds |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
@@ -430,6 +431,12 @@ pub fn check_merkle(node: &cairn_core::Node) -> Result<(), Violation> {
 pub fn check_status(node: &cairn_core::Node, e: &cairn_core::Event) -> Result<(), Violation> {
     use cairn_core::wire::Health;
     use cairn_core::Event;
+    if !matches!(
+        e,
+        Event::Serving | Event::Refusing { .. } | Event::Halted { .. }
+    ) {
+        return Ok(());
+    }
     let (health, refusal, halt) = (node.health(), node.refusal(), node.halt_reason());
     let ok = match e {
         Event::Serving => health == Health::Serving && refusal.is_none() && halt.is_none(),
@@ -449,6 +456,45 @@ pub fn check_status(node: &cairn_core::Node, e: &cairn_core::Event) -> Result<()
             node.id()
         ),
     ))
+}
+
+/// `context-bounded`, for the largest contexts: a context of `n` entries
+/// whose node ids, epochs and counters all take their most bytes encodes
+/// to exactly [`max_token_len`]`(n)` (the bound is tight, so limits derived
+/// from it neither refuse a real context nor waste room), and limits of
+/// exactly that size accept it. Checked at the start of every run.
+pub fn check_token_bound(key: &cairn_core::ContextKey) -> Result<(), Violation> {
+    use cairn_core::context::ContextMac;
+    use cairn_core::{Actor, VersionVector};
+    let mac = ContextMac::new(key);
+    for n in [1usize, 2, 3, 4, 7, 8, 127, 128, 129, 200] {
+        let vv = VersionVector::from_entries((0..n as u32).map(|i| {
+            let actor = Actor {
+                node: NodeId(u32::MAX - i),
+                epoch: u32::MAX,
+            };
+            (actor, u64::MAX)
+        }));
+        let token = mac.issue(b"bound", &vv);
+        let max = max_token_len(n);
+        let len = token.as_bytes().len();
+        let tight = Limits {
+            max_context_entries: n,
+            max_context_len: max,
+            ..Limits::default()
+        };
+        let refused = mac.verify(b"bound", token.as_bytes(), &tight).err();
+        if len != max || refused.is_some() {
+            return Err(Violation::new(
+                "context-bounded",
+                format!(
+                    "a context of {n} entries of the largest ids, epochs and counters takes {len} bytes, but max_token_len({n}) = {max}{}",
+                    refused.map_or(String::new(), |e| format!(", and limits of exactly that size refuse it: {e}"))
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

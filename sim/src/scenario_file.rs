@@ -71,6 +71,7 @@ pub const BUILTIN_FILES: &[Embedded] = &[
     embed!(Scenario, "scenarios/crash-mid-migration.toml"),
     embed!(Scenario, "scenarios/damaged-disk-mid-migration.toml"),
     embed!(Scenario, "scenarios/old-node-rejoins.toml"),
+    embed!(Scenario, "scenarios/skip-a-release.toml"),
     embed!(Scenario, "scenarios/finalize-during-restart.toml"),
     embed!(Scenario, "scenarios/restore-backup.toml"),
     embed!(Regression, "scenarios/regressions/duplicated-forward.toml"),

@@ -40,6 +40,9 @@ pub enum UpgradeKind {
     FinalizeDuringRestart,
     /// Back up a node, let it move on, restore the backup.
     RestoreBackup,
+    /// An operator upgrades a node straight past the next release: it must
+    /// refuse, and its peers refuse its handshake; then it is put back.
+    SkipRelease,
 }
 
 /// The version part of a scenario.

@@ -265,6 +265,14 @@ struct Slot {
     serving_since: Time,
 }
 
+/// The message type of a handshake refusal.
+fn refuse_type() -> u16 {
+    cairn_core::wire::MESSAGE_TYPES
+        .iter()
+        .find(|&&(_, name, _)| name == "Refuse")
+        .map_or(u16::MAX, |&(t, ..)| t)
+}
+
 /// Counts the simulator keeps of what one incarnation of a node did, from
 /// its inputs and outputs. The node's own metrics (what operators graph and
 /// alert on) must agree: oracle `metrics-truthful`.
@@ -414,6 +422,8 @@ pub struct World {
     hostile_feed: bool,
     /// When a link was last cut or healed (`rejoin-bounded`).
     net_changed_at: Time,
+    /// The message type of a handshake refusal (`refusal-heeded`).
+    refuse_type: u16,
     script: script::Script,
     versions: versions::Driver,
 }
@@ -523,6 +533,7 @@ impl World {
             hostile,
             hostile_feed: false,
             net_changed_at: Time::ZERO,
+            refuse_type: refuse_type(),
             script,
             versions,
         }
@@ -595,6 +606,9 @@ impl World {
             self.ring.n(),
         );
         if let Err(v) = model.check(&self.ring, &self.workload.keys) {
+            self.violation(v);
+        }
+        if let Err(v) = oracle::check_token_bound(&self.seeds.context_key()) {
             self.violation(v);
         }
         for i in 0..self.slots.len() {
@@ -1141,6 +1155,23 @@ impl World {
         match o {
             Output::Send { to, bytes } => {
                 self.slots[i].sent += 1;
+                // `refusal-heeded`: a node that refuses a peer holds no
+                // protocol with it.
+                if crate::trace::message_type(&bytes) == self.refuse_type {
+                    if let Some(p) = self.slots[i]
+                        .node
+                        .as_ref()
+                        .and_then(|n| n.peer_protocol(to))
+                    {
+                        self.violation(Violation::new(
+                            "refusal-heeded",
+                            format!(
+                                "n{} refused {to} but still holds protocol {p} with it",
+                                i + 1
+                            ),
+                        ));
+                    }
+                }
                 let Some(j) = self.index_of(to) else {
                     self.violation(Violation::new(
                         "membership",
@@ -1515,11 +1546,28 @@ impl World {
             }
         }
         let id = self.slots[from].id;
+        let refusal = msg_type == self.refuse_type && self.slots[to].takes_input();
         self.feed(to, |now| Input::Message {
             now,
             from: id,
             bytes,
         });
+        // `refusal-heeded`: a peer's refusal ends the agreement with it.
+        if refusal {
+            let kept = self.slots[to]
+                .node
+                .as_ref()
+                .and_then(|n| n.peer_protocol(id));
+            if let Some(p) = kept {
+                self.violation(Violation::new(
+                    "refusal-heeded",
+                    format!(
+                        "n{} still holds protocol {p} with {id} after {id} refused it",
+                        to + 1
+                    ),
+                ));
+            }
+        }
     }
 
     // ----- clients --------------------------------------------------------

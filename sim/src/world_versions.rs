@@ -288,6 +288,23 @@ fn build_plan(
             });
             p.push(barrier(t));
         }
+        UpgradeKind::SkipRelease => {
+            let t = targets.last().copied().unwrap_or(ReleaseId::current());
+            let x = nem.rng.gen_range(0..n);
+            p.push(pause(u, nem));
+            p.push(Step::RestartAs {
+                node: x,
+                release: t,
+            });
+            p.push(Step::AwaitRefusal { node: x });
+            // Long enough for its peers to try it and refuse it.
+            p.push(Step::Sleep(nem.between(3_000, 6_000) * 1000));
+            p.push(Step::RestartAs {
+                node: x,
+                release: start,
+            });
+            p.push(barrier(start));
+        }
         UpgradeKind::OldNodeRejoins => {
             let t = targets.first().copied().unwrap_or(ReleaseId::current());
             for node in nem.order(n) {
@@ -634,7 +651,7 @@ impl World {
         };
         let s = self.versions.stats;
         let final_release = match kind {
-            UpgradeKind::Rollback => self.versions.start,
+            UpgradeKind::Rollback | UpgradeKind::SkipRelease => self.versions.start,
             _ => self
                 .versions
                 .targets
@@ -669,7 +686,7 @@ impl World {
             }
         }
         let upgraded = self.versions.targets.len() as u64;
-        let finalizing = !(kind == UpgradeKind::Rollback
+        let finalizing = !(matches!(kind, UpgradeKind::Rollback | UpgradeKind::SkipRelease)
             || (kind == UpgradeKind::RestoreBackup && upgraded == 0));
         if finalizing && s.finalized < upgraded {
             return fail(format!(
@@ -695,6 +712,9 @@ impl World {
             }
             UpgradeKind::OldNodeRejoins if s.old_nodes_refused == 0 => {
                 return fail("the old node was never refused".into())
+            }
+            UpgradeKind::SkipRelease if s.old_nodes_refused == 0 => {
+                return fail("the node that skipped a release was never refused".into())
             }
             UpgradeKind::FinalizeDuringRestart if s.finalize_races == 0 => {
                 return fail("no finalization raced with a restart".into())

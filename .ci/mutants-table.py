@@ -108,7 +108,8 @@ def table(out, run_dirs):
         if (d / "supersedes.json").exists():
             superseded = json.loads((d / "supersedes.json").read_text())
             commit = json.loads((d / "meta.json").read_text()).get("commit", "?") if (d / "meta.json").exists() else "?"
-            retests.append((commit, len(superseded), sum(1 for v in superseded.values() if v is None)))
+            what = json.loads((d / "meta.json").read_text()).get("retested") if (d / "meta.json").exists() else None
+            retests.append((commit, len(superseded), sum(1 for v in superseded.values() if v is None), what))
             for old in superseded:
                 sim.pop(old, None)
                 core.pop(old, None)
@@ -166,11 +167,15 @@ def table(out, run_dirs):
     lo, hi = wilson(sim_killed, viable)
     blo, bhi = wilson(both_killed, viable)
 
-    meta = metas[0] if metas else {}
-    dates = sorted({m.get("date", "?") for m in metas}) or ["?"]
-    commits = sorted({m.get("commit", "?") for m in metas}) or ["?"]
-    selections = sorted({m.get("selection", "?") for m in metas})
-    commands = sorted({m.get("command", "?") for m in metas})
+    # The latest run's sweep; every run's date, commit, selection and
+    # command, in the order merged.
+    meta = metas[-1] if metas else {}
+
+    def in_order(key):
+        return list(dict.fromkeys(m.get(key, "?") for m in metas)) or ["?"]
+
+    dates, commits, selections, commands = (
+        in_order(k) for k in ("date", "commit", "selection", "command"))
     doc = [
         "# Mutation score of cairn-core",
         "",
@@ -181,19 +186,19 @@ def table(out, run_dirs):
         f"- mutants: {', '.join(selections)} ({len(metas)} run(s) merged)",
         "- command(s): " + "; ".join(f"`{c}`" for c in commands),
     ]
-    for commit, n, gone in retests:
+    for commit, n, gone, what in retests:
         doc += [
-            f"- re-tested on {commit}: {n - gone} mutant(s) an earlier run had not killed "
-            f"(survivors, and those it had not reached)"
+            f"- re-tested on {commit}: {n - gone} mutant(s) "
+            + (what or "an earlier run had not killed (survivors, and those it had not reached)")
             + (f"; {gone} no longer exist there (code removed, or excluded as equivalent) "
                f"and are not counted" if gone else "")
             + ".",
         ]
     if retests:
-        doc += [
-            "- a mutant killed by an earlier run stays killed: the later commits only add "
-            "judgements, and change no passing run before its final phases.",
-        ]
+        rule = next((m["merge_rule"] for m in reversed(metas) if "merge_rule" in m),
+                    "the later commits only add judgements, and change no passing run "
+                    "before its final phases.")
+        doc += [f"- a mutant killed by an earlier run stays killed unless a later run re-tests it: {rule}"]
     doc += [
         f"- sweep per mutant: `cargo test -p cairn-sim --test mutation_sweep -- --ignored` "
         f"(unmutated: {meta.get('baseline_secs', '?')} s wall; timeout {meta.get('timeout_secs', '?')} s)",

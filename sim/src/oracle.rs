@@ -14,7 +14,7 @@
 //! | `context-bounded` | every read's context, and the start of a run | a context handed out decodes, is no longer than `max_token_len` of its entries, and limits of exactly its size accept it; a context of the largest ids, epochs and counters takes exactly `max_token_len` |
 //! | `decodable`       | every `Event::Undecodable`     | no node receives a message it cannot decode      |
 //! | `hint-durable`    | every deletion of a live hint record | the hint's target already holds every sibling of the hint's last stored state durably (a reaped tombstone excepted) |
-//! | `clean-restart`   | every `Event::Recovered` after a clean shutdown | a node that shut down cleanly (serving, on a disk left undamaged) starts again in the same epoch |
+//! | `clean-restart`   | every `Event::Recovered` and `Event::Serving` after a clean shutdown | a node that shut down cleanly (serving, on a disk left undamaged) starts again, and serves, in the same epoch |
 //! | `shutdown-completes` | a clean restart's deadline (`shutdown_bound_ms`) | a node asked to shut down cleanly has finished (or halted on a failed sync) |
 //! | `config-refused`  | every node start                | each of an operator's one-field configuration mistakes ([`crate::misconfig`]) is refused by `Node::new`, naming its field |
 //! | `config-accepted` | every node start                | the configuration at the edge of each rule, and the node's own, are accepted |

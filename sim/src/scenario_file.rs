@@ -55,6 +55,7 @@ pub const BUILTIN_FILES: &[Embedded] = &[
     embed!(Scenario, "scenarios/asymmetric-partitions.toml"),
     embed!(Scenario, "scenarios/flapping-partitions.toml"),
     embed!(Scenario, "scenarios/crash-storm.toml"),
+    embed!(Scenario, "scenarios/sparse-keys.toml"),
     embed!(Scenario, "scenarios/clock-skew.toml"),
     embed!(Scenario, "scenarios/clock-jumps.toml"),
     embed!(Scenario, "scenarios/faulty-disks.toml"),

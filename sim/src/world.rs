@@ -823,7 +823,13 @@ impl World {
                         .map(|n| n.epoch());
                     let damaged = self.slots[node].disk.stats.damaged;
                     self.stop_and_restart_later(node);
-                    if !halted && self.slots[node].disk.stats.damaged == damaged {
+                    // (A disk that lost its journal at the stop is not
+                    // undamaged: the node rightly takes a new epoch.)
+                    let kept_meta = self.slots[node]
+                        .disk
+                        .durable(cairn_core::storage::META_KEY)
+                        .is_some();
+                    if !halted && self.slots[node].disk.stats.damaged == damaged && kept_meta {
                         self.slots[node].kept_epoch = epoch;
                     }
                 }
@@ -1016,6 +1022,8 @@ impl World {
         if let Err(v) = self.slots[i].check_metrics(i) {
             self.violation(v);
         }
+        // Set again by a clean stop, after this.
+        self.slots[i].kept_epoch = None;
         let s = &mut self.slots[i];
         s.node = None;
         s.state = NodeState::Down;
@@ -1341,10 +1349,25 @@ impl World {
                                 "n{node} started in epoch {epoch} after a clean shutdown in epoch {kept} on an undamaged disk"
                             ),
                         ));
+                    } else if epoch == kept {
+                        // And it serves in it (it must not take a new one
+                        // while it rejoins).
+                        self.slots[i].kept_epoch = Some(kept);
                     }
                 }
             }
             Event::Serving => {
+                if let Some(kept) = self.slots[i].kept_epoch.take() {
+                    let epoch = self.slots[i].node.as_ref().map_or(kept, |n| n.epoch());
+                    if epoch != kept {
+                        self.violation(Violation::new(
+                            "clean-restart",
+                            format!(
+                                "n{node} serves in epoch {epoch} after a clean shutdown in epoch {kept} on an undamaged disk"
+                            ),
+                        ));
+                    }
+                }
                 self.slots[i].serving_since = self.now;
                 self.slots[i].fresh_start = None;
                 self.record(Record::NodeEvent {

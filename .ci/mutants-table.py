@@ -109,7 +109,11 @@ def table(out, run_dirs):
             superseded = json.loads((d / "supersedes.json").read_text())
             commit = json.loads((d / "meta.json").read_text()).get("commit", "?") if (d / "meta.json").exists() else "?"
             what = json.loads((d / "meta.json").read_text()).get("retested") if (d / "meta.json").exists() else None
-            retests.append((commit, len(superseded), sum(1 for v in superseded.values() if v is None), what))
+            gone = sum(1 for v in superseded.values() if v is None)
+            # Distinct mutants re-tested (an old name and its new one may
+            # both be keys), plus the ones gone.
+            retested = len({v for v in superseded.values() if v is not None})
+            retests.append((commit, retested + gone, gone, what))
             for old in superseded:
                 sim.pop(old, None)
                 core.pop(old, None)

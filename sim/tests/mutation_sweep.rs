@@ -6,7 +6,7 @@
 //! alone (`cargo test -p cairn-sim --test mutation_sweep -- --ignored`).
 //! It stops at the first failing seed, so a killed mutant costs only the
 //! seeds up to its first failure; an unmutated tree runs them all (about
-//! 50 CPU-seconds under the `mutants` profile, see README.md).
+//! 60 CPU-seconds under the `mutants` profile, see README.md).
 //!
 //! The sweep is every scenario `--scenario all` sweeps, round-robin over
 //! [`SEEDS_OF_EACH`] seeds (a mutant that breaks anything common dies in
@@ -195,7 +195,7 @@ fn assert_passed(what: &str, plan: &Plan, swept: &Swept) {
 
 /// What mutation testing runs for every mutant of cairn-core.
 #[test]
-#[ignore = "the mutation-testing sweep (about 50 CPU-seconds optimised): `-- --ignored`"]
+#[ignore = "the mutation-testing sweep (about 60 CPU-seconds optimised): `-- --ignored`"]
 fn full_sweep() {
     let plan = plan(SEEDS_OF_EACH, EXTRA, EXTRA_SEEDS);
     let swept = sweep(&plan, &[]);

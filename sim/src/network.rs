@@ -67,6 +67,8 @@ pub struct Network {
     tail_ppm: u32,
     drop_ppm: u32,
     duplicate_ppm: u32,
+    late_duplicate_ppm: u32,
+    late_duplicate_us: (u64, u64),
     capacity: u32,
     /// Blocked directed links, bit `from * 8 + to`.
     blocked: u64,
@@ -87,6 +89,11 @@ impl Network {
             tail_ppm: opts.tail_ppm,
             drop_ppm: opts.drop_ppm,
             duplicate_ppm: opts.duplicate_ppm,
+            late_duplicate_ppm: opts.late_duplicate_ppm,
+            late_duplicate_us: (
+                opts.late_duplicate_ms.0 * 1000,
+                opts.late_duplicate_ms.1 * 1000,
+            ),
             capacity: opts.link_capacity,
             blocked: 0,
             clogs: vec![Clog::default(); nodes * nodes],
@@ -144,6 +151,16 @@ impl Network {
                 self.in_flight[link] += 1;
                 self.stats.duplicated += 1;
                 Some(self.delay(now, link))
+            } else if chance(&mut self.rng, self.late_duplicate_ppm)
+                && self.in_flight[link] < self.capacity
+            {
+                // A copy that arrives long after the original.
+                self.in_flight[link] += 1;
+                self.stats.duplicated += 1;
+                let (lo, hi) = self.late_duplicate_us;
+                Some(Time(
+                    now.as_micros() + between(&mut self.rng, lo, hi).max(1),
+                ))
             } else {
                 None
             };
@@ -207,6 +224,7 @@ impl Network {
     pub fn calm(&mut self) {
         self.drop_ppm = 0;
         self.duplicate_ppm = 0;
+        self.late_duplicate_ppm = 0;
         self.tail_ppm = 0;
     }
 }
@@ -224,6 +242,8 @@ mod tests {
             drop_ppm,
             duplicate_ppm: 0,
             link_capacity: capacity,
+            late_duplicate_ppm: 0,
+            late_duplicate_ms: (0, 0),
         }
     }
 

@@ -19,6 +19,9 @@ pub struct NetworkOptions {
     pub drop_ppm: u32,
     pub duplicate_ppm: u32,
     pub link_capacity: u32,
+    /// Late duplicates: probability (ppm) and delay after sending (ms).
+    pub late_duplicate_ppm: u32,
+    pub late_duplicate_ms: (u64, u64),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -154,6 +157,16 @@ impl Options {
             drop_ppm: draw(&mut rng, net.drop_ppm) as u32,
             duplicate_ppm: draw(&mut rng, net.duplicate_ppm) as u32,
             link_capacity: draw(&mut rng, net.link_capacity).max(1) as u32,
+            late_duplicate_ppm: 0,
+            late_duplicate_ms: (0, 0),
+        };
+        // Drawn from its own stream, so scenarios without them keep their
+        // draws.
+        let mut late = seeds.subsystem("late-duplicates");
+        let network = NetworkOptions {
+            late_duplicate_ppm: draw(&mut late, net.late_duplicate_ppm) as u32,
+            late_duplicate_ms: draw_range(&mut late, net.late_duplicate_ms),
+            ..network
         };
         let disk = DiskOptions {
             sync_latency_us: draw_range(&mut rng, scenario.disk.sync_latency_us),

@@ -267,6 +267,17 @@ pub struct NetworkSpec {
     pub duplicate_ppm: Span,
     /// Messages in flight per directed link before further ones are dropped.
     pub link_capacity: Span,
+    /// Probability (ppm) that a message is delivered once more, late (a copy
+    /// stuck in a queue, resent over a new connection); 0 by default.
+    #[serde(skip_serializing_if = "Span::is_zero")]
+    pub late_duplicate_ppm: Span,
+    /// How late such a copy arrives, in milliseconds after it was sent.
+    #[serde(skip_serializing_if = "late_default")]
+    pub late_duplicate_ms: Span,
+}
+
+fn late_default(s: &Span) -> bool {
+    *s == Span::new(2_000, 5_000)
 }
 
 impl Default for NetworkSpec {
@@ -277,6 +288,8 @@ impl Default for NetworkSpec {
             tail_ppm: Span::new(0, 20_000),
             drop_ppm: Span::new(0, 20_000),
             duplicate_ppm: Span::new(0, 10_000),
+            late_duplicate_ppm: Span::fixed(0),
+            late_duplicate_ms: Span::new(2_000, 5_000),
             link_capacity: Span::new(256, 2048),
         }
     }

@@ -54,6 +54,7 @@ pub const BUILTIN_FILES: &[Embedded] = &[
     embed!(Scenario, "scenarios/majority-minority.toml"),
     embed!(Scenario, "scenarios/asymmetric-partitions.toml"),
     embed!(Scenario, "scenarios/flapping-partitions.toml"),
+    embed!(Scenario, "scenarios/late-duplicates.toml"),
     embed!(Scenario, "scenarios/crash-storm.toml"),
     embed!(Scenario, "scenarios/sparse-keys.toml"),
     embed!(Scenario, "scenarios/clock-skew.toml"),

@@ -85,6 +85,9 @@ pub struct DiskFaultSpec {
     /// Per stop of a fault-prone node: probability (ppm) that its disk
     /// forgets every record, the metadata included (a lost journal).
     pub journal_loss_ppm: Span,
+    /// Per backup: probability (ppm) that the copy fails (the backup volume
+    /// is full or hits an I/O error) until an operator repairs it.
+    pub backup_error_ppm: Span,
     /// Lift the fault atlas (set by `--unlimited-faults`).
     pub unlimited: bool,
 }
@@ -101,6 +104,7 @@ impl Default for DiskFaultSpec {
             misdirect_ppm: zero(),
             final_wipe_ppm: zero(),
             journal_loss_ppm: zero(),
+            backup_error_ppm: zero(),
             unlimited: false,
         }
     }
@@ -174,6 +178,7 @@ pub struct DeepOptions {
     pub misdirect_ppm: u32,
     pub final_wipe_ppm: u32,
     pub journal_loss_ppm: u32,
+    pub backup_error_ppm: u32,
     pub step_ppm: u32,
     pub step_ms: (u64, u64),
     pub unlimited: bool,
@@ -203,7 +208,7 @@ impl DeepOptions {
     }
 
     pub fn any(&self) -> bool {
-        self.destructive() || self.ticks() || self.io_error_ppm > 0
+        self.destructive() || self.ticks() || self.io_error_ppm + self.backup_error_ppm > 0
     }
 }
 
@@ -263,6 +268,7 @@ pub fn derive(seed: u64, scenario: &Scenario, swarm: bool) -> DeepOptions {
         misdirect_ppm: draw(&mut rng, d.misdirect_ppm) as u32,
         final_wipe_ppm: draw(&mut rng, d.final_wipe_ppm) as u32,
         journal_loss_ppm: 0,
+        backup_error_ppm: 0,
         step_ppm: draw(&mut rng, c.step_ppm) as u32,
         step_ms: draw_range(&mut rng, c.step_ms),
         unlimited: d.unlimited,
@@ -273,6 +279,10 @@ pub fn derive(seed: u64, scenario: &Scenario, swarm: bool) -> DeepOptions {
     o.journal_loss_ppm = draw(
         &mut Seeds::new(seed).subsystem("journal-loss"),
         d.journal_loss_ppm,
+    ) as u32;
+    o.backup_error_ppm = draw(
+        &mut Seeds::new(seed).subsystem("backup-errors"),
+        d.backup_error_ppm,
     ) as u32;
     if o.destructive() {
         let n = scenario.nodes as usize;
@@ -371,6 +381,7 @@ pub struct DiskFaults {
     pub torn_ppm: u32,
     pub misdirect_ppm: u32,
     pub journal_loss_ppm: u32,
+    pub backup_error_ppm: u32,
     /// The metadata record may be damaged too.
     pub meta_too: bool,
 }
@@ -386,6 +397,7 @@ impl DeepOptions {
             torn_ppm: if prone { self.torn_ppm } else { 0 },
             misdirect_ppm: if prone { self.misdirect_ppm } else { 0 },
             journal_loss_ppm: if prone { self.journal_loss_ppm } else { 0 },
+            backup_error_ppm: self.backup_error_ppm,
             meta_too: self.unlimited,
         }
     }
@@ -396,7 +408,7 @@ impl std::fmt::Display for DeepOptions {
         let pct = |ppm: u32| format!("{}.{:02}%", ppm / 10_000, (ppm % 10_000) / 100);
         write!(
             f,
-            "  disk faults: I/O error {} per sync, full disk {} per tick for {}..{} ms; destructive on nodes {:?}{}: corrupt {} per stop ({}..{}% of records), torn {} per crash, misdirected {} per sync, final wipe {}, lost journal {} per stop",
+            "  disk faults: I/O error {} per sync, full disk {} per tick for {}..{} ms; destructive on nodes {:?}{}: corrupt {} per stop ({}..{}% of records), torn {} per crash, misdirected {} per sync, final wipe {}, lost journal {} per stop, failed backup {} per backup",
             pct(self.io_error_ppm),
             pct(self.full_ppm),
             self.full_ms.0,
@@ -409,7 +421,8 @@ impl std::fmt::Display for DeepOptions {
             pct(self.torn_ppm),
             pct(self.misdirect_ppm),
             pct(self.final_wipe_ppm),
-            pct(self.journal_loss_ppm)
+            pct(self.journal_loss_ppm),
+            pct(self.backup_error_ppm)
         )?;
         write!(
             f,

@@ -34,6 +34,8 @@ pub struct DiskStats {
     pub backups: u64,
     /// Syncs that failed (I/O error or full disk).
     pub failed_syncs: u64,
+    /// Backups whose copy failed.
+    pub failed_backups: u64,
     /// Records damaged by corruption, torn or misdirected writes.
     pub damaged: u64,
 }
@@ -74,6 +76,8 @@ pub struct Disk {
     /// Last good value of each record the simulator destroyed (`None`: the
     /// key had no durable value), until the node rewrites it.
     shadow: BTreeMap<Bytes, Option<Bytes>>,
+    /// An operator repaired the backup volume: backups no longer fail.
+    backups_repaired: bool,
 }
 
 impl Disk {
@@ -92,6 +96,7 @@ impl Disk {
             faults: DiskFaults::default(),
             full_until: Time::ZERO,
             shadow: BTreeMap::new(),
+            backups_repaired: false,
         }
     }
 
@@ -230,6 +235,20 @@ impl Disk {
             self.sync_latency_us.1,
         );
         (Time(now.as_micros() + lat), self.durable.clone())
+    }
+
+    /// Decides whether a backup started now fails (its volume is full or
+    /// the copy hits an I/O error); the node is told so when the copy would
+    /// have completed.
+    pub fn backup_fails(&mut self) -> bool {
+        let fails = !self.backups_repaired && chance(&mut self.rng, self.faults.backup_error_ppm);
+        self.stats.failed_backups += fails as u64;
+        fails
+    }
+
+    /// An operator repairs the backup volume: later backups succeed.
+    pub fn repair_backups(&mut self) {
+        self.backups_repaired = true;
     }
 
     /// Keeps a completed backup (the oldest beyond the retention count go).

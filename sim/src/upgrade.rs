@@ -129,6 +129,10 @@ pub enum Step {
     /// Ask a node to finalize while the cluster is known not to be ready;
     /// a refusal is the expected answer (recorded, never retried).
     ProbeFinalize { target: ReleaseId },
+    /// Send again the finalization of the cluster version already active
+    /// (an operator or orchestrator repeating itself): it must be answered
+    /// `Finalized`, whatever else runs.
+    Refinalize { target: ReleaseId },
     /// Wait until every node runs, serves, and is at cluster version `cv`
     /// with its data in `schema`.
     Barrier { cv: ReleaseId, schema: u16 },
@@ -173,6 +177,7 @@ impl Step {
             Step::RestartAs { .. } => "restart-as",
             Step::Finalize { .. } => "finalize",
             Step::ProbeFinalize { .. } => "probe-finalize",
+            Step::Refinalize { .. } => "refinalize",
             Step::Barrier { .. } => "barrier",
             Step::Watch { .. } => "watch",
             Step::Downgrade { .. } => "downgrade",
@@ -197,6 +202,8 @@ pub struct VersionStats {
     pub finalized: u64,
     /// Finalizations refused (expected while a node is down or old).
     pub finalize_refused: u64,
+    /// Finalizations of the active cluster version sent again and answered.
+    pub refinalized: u64,
     /// Finalizations sent while some node was restarting.
     pub finalize_during_restart: u64,
     /// ... of which were accepted.
@@ -234,12 +241,13 @@ impl std::fmt::Display for VersionStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} upgrades, {} rollbacks; finalize {} sent, {} finalized, {} refused, {} during a restart ({} accepted), {} racing a restart; migrations {} started, {} finished, {} failed, {} crashed mid-way; {} downgrades refused, {} old nodes refused; {} backups, {} restores, {} epochs learned; {} canaries watched; {} expectations met",
+            "{} upgrades, {} rollbacks; finalize {} sent, {} finalized, {} refused, {} sent again, {} during a restart ({} accepted), {} racing a restart; migrations {} started, {} finished, {} failed, {} crashed mid-way; {} downgrades refused, {} old nodes refused; {} backups, {} restores, {} epochs learned; {} canaries watched; {} expectations met",
             self.upgrades,
             self.rollbacks,
             self.finalize_sent,
             self.finalized,
             self.finalize_refused,
+            self.refinalized,
             self.finalize_during_restart,
             self.finalized_during_restart,
             self.finalize_races,
@@ -349,6 +357,10 @@ pub fn builtin(name: &str) -> Option<Scenario> {
         upgrade: Some(UpgradeSpec::new(kind, through)),
         ..base
     };
+    if kind == UpgradeKind::CrashMidMigration {
+        // The backup a migration takes first may fail.
+        s.disk_faults.backup_error_ppm = Span::new(200_000, 600_000);
+    }
     if kind == UpgradeKind::RestoreBackup {
         // Deletes made after the backup have their tombstones reaped before
         // the restore.

@@ -133,7 +133,8 @@ enum Ev {
         inc: u32,
         io: IoId,
         label: String,
-        snapshot: BTreeMap<Bytes, Bytes>,
+        /// `None`: the copy failed.
+        snapshot: Option<BTreeMap<Bytes, Bytes>>,
     },
     ClientWake {
         client: u32,
@@ -781,12 +782,16 @@ impl World {
             } => {
                 let s = &mut self.slots[node];
                 if s.inc == inc && s.node.is_some() {
-                    s.disk.complete_backup(label, snapshot);
-                    self.feed(node, |now| Input::IoDone {
-                        now,
-                        io,
-                        result: IoResult::Synced,
-                    });
+                    let result = match snapshot {
+                        Some(snapshot) => {
+                            s.disk.complete_backup(label, snapshot);
+                            IoResult::Synced
+                        }
+                        None => IoResult::Failed(
+                            "copying to the backup volume: no space left on device (ENOSPC)".into(),
+                        ),
+                    };
+                    self.feed(node, |now| Input::IoDone { now, io, result });
                 }
             }
             Ev::ClientWake { client } => self.client_wake(client),
@@ -1219,7 +1224,9 @@ impl World {
                 self.schedule(at, Ev::ReadDone { node: i, inc, io });
             }
             Output::Backup { io, info } => {
-                let (at, snapshot) = self.slots[i].disk.start_backup(self.now);
+                let disk = &mut self.slots[i].disk;
+                let (at, snapshot) = disk.start_backup(self.now);
+                let snapshot = (!disk.backup_fails()).then_some(snapshot);
                 let inc = self.slots[i].inc;
                 self.schedule(
                     at,

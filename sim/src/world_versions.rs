@@ -51,11 +51,18 @@ pub(super) enum VEv {
     RaceFinalize {
         target: ReleaseId,
     },
+    /// An operator restarts a node that refused after its migration failed
+    /// (once the backup volume is repaired).
+    OperatorRestart {
+        node: usize,
+        inc: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AdminKind {
     Finalize { target: ReleaseId, probe: bool },
+    Refinalize { target: ReleaseId },
     Backup,
 }
 
@@ -207,11 +214,17 @@ fn build_plan(
             if u.kind == UpgradeKind::CrashMidMigration {
                 p.push(Step::ArmMigrationCrashes);
             }
-            for &t in targets {
+            for (ti, &t) in targets.iter().enumerate() {
                 let order = nem.order(n);
                 for (k, &node) in order.iter().enumerate() {
                     p.push(Step::RestartAs { node, release: t });
                     p.push(pause(u, nem));
+                    if k == 0 && ti > 0 {
+                        // One node runs a release the others do not know.
+                        p.push(Step::Refinalize {
+                            target: targets[ti - 1],
+                        });
+                    }
                     if k + 1 < n && nem.rng.gen_bool(0.3) {
                         p.push(Step::ProbeFinalize { target: t });
                     }
@@ -223,6 +236,7 @@ fn build_plan(
             }
         }
         UpgradeKind::Canary => {
+            let mut active = start;
             for &t in targets {
                 let order = nem.order(n);
                 let canary = order[0];
@@ -234,6 +248,11 @@ fn build_plan(
                     node: canary,
                     us: nem.between(3_000, 10_000) * 1000,
                 });
+                if active > start {
+                    // With the canary on a release the others do not know.
+                    p.push(Step::Refinalize { target: active });
+                }
+                active = t;
                 p.push(Step::ProbeFinalize { target: t });
                 for &node in &order[1..] {
                     p.push(Step::RestartAs { node, release: t });
@@ -418,6 +437,7 @@ impl World {
                 }
             }
             VEv::MigrationCrash { node, inc } => self.migration_crash(node, inc),
+            VEv::OperatorRestart { node, inc } => self.operator_restart(node, inc),
             VEv::RaceRestart { node, crash } => self.race_restart(node, crash),
             VEv::RaceFinalize { target } => {
                 if self.send_finalize(target, false, None, false).is_some() {
@@ -456,6 +476,9 @@ impl World {
             Event::Recovered { epoch, .. } => {
                 self.versions.served_since_start[i] = false;
                 match node {
+                    // A node refusing at start (its disk at a cluster
+                    // version its build does not know, say) acts on none.
+                    Some(n) if n.phase() == cairn_core::node::Phase::Refusing => Ok(()),
                     Some(n) => {
                         let cv = n.cluster_version();
                         self.versions.oracles.recovered(i, cv, *epoch, false)
@@ -505,6 +528,12 @@ impl World {
             Event::MigrationFailed { from, to, reason } => {
                 self.versions.stats.migrations_failed += 1;
                 self.version_record(i, "migration-failed", &format!("{from}->{to}: {reason}"));
+                // The operator reads the refusal, repairs the backup volume
+                // and restarts the node: its migration starts over.
+                self.slots[i].disk.repair_backups();
+                let d = self.versions.nemesis.between(POLL_US, 20 * POLL_US);
+                let inc = self.slots[i].inc;
+                self.after(d, Ev::Versions(VEv::OperatorRestart { node: i, inc }));
                 Ok(())
             }
             Event::BackupTaken { info } => {
@@ -599,6 +628,28 @@ impl World {
                 }
                 let reached = ReleaseId::by_version(cluster_version).is_some_and(|v| v >= target);
                 if mine && reached && !probe {
+                    self.versions.st.succeeded = true;
+                }
+            }
+            (AdminKind::Refinalize { target }, r) => {
+                let reached = matches!(&r, Response::Finalized { cluster_version }
+                    if ReleaseId::by_version(cluster_version).is_some_and(|v| v >= target));
+                // A node that stopped serving meanwhile may refuse.
+                let serving = self.slots[i].node.as_ref().is_some_and(|n| n.is_serving());
+                if reached {
+                    self.versions.stats.refinalized += 1;
+                    self.version_record(i, "refinalized", target.version());
+                } else if serving {
+                    self.violation(Violation::new(
+                        "finalize-idempotent",
+                        format!(
+                            "n{} answered a repeated finalization of the active cluster version {} with {r:?}",
+                            i + 1,
+                            target.version()
+                        ),
+                    ));
+                }
+                if mine {
                     self.versions.st.succeeded = true;
                 }
             }
@@ -969,6 +1020,32 @@ impl World {
                 }
                 Progress::Wait
             }
+            Step::Refinalize { target } => {
+                if self.versions.st.succeeded {
+                    return Progress::Done;
+                }
+                if self.versions.st.in_flight.is_some() {
+                    return Progress::Wait;
+                }
+                if self.versions.st.stage == 1 {
+                    // Timed out (the node went down meanwhile): not judged.
+                    return Progress::Done;
+                }
+                let serving: Vec<usize> = (0..self.slots.len())
+                    .filter(|&j| self.slots[j].state == NodeState::Up)
+                    .filter(|&j| self.slots[j].node.as_ref().is_some_and(|n| n.is_serving()))
+                    .collect();
+                let Some(at) = self.versions.nemesis.pick(&serving) else {
+                    return Progress::Wait;
+                };
+                self.version_record(at, "refinalize", target.version());
+                let command = AdminCommand::Finalize {
+                    target: Some(target.version().into()),
+                };
+                self.send_admin(at, AdminKind::Refinalize { target }, command, true);
+                self.versions.st.stage = 1;
+                Progress::Wait
+            }
             Step::Barrier { cv, schema } => {
                 let ok = (0..self.slots.len()).all(|j| {
                     self.settled(j).is_some_and(|n| {
@@ -1227,6 +1304,29 @@ impl World {
             let inc = self.slots[i].inc;
             self.after(d, Ev::Versions(VEv::MigrationCrash { node: i, inc }));
         }
+    }
+
+    /// Restarts `node` if it still refuses in the same incarnation (waiting
+    /// while the fault budget has no room for another node down).
+    fn operator_restart(&mut self, node: usize, inc: u32) {
+        let s = &self.slots[node];
+        if s.inc != inc || s.state != NodeState::Up {
+            return;
+        }
+        let refusing = s
+            .node
+            .as_ref()
+            .is_some_and(|n| n.phase() == cairn_core::node::Phase::Refusing);
+        if !refusing {
+            return;
+        }
+        let budget = self.options.faults.max_down as usize;
+        if self.down_count() >= budget && self.phase == Phase::Safety {
+            self.after(POLL_US, Ev::Versions(VEv::OperatorRestart { node, inc }));
+            return;
+        }
+        self.version_record(node, "operator-restart", "after a failed migration");
+        self.apply_action(Action::CleanRestart(node));
     }
 
     fn migration_crash(&mut self, node: usize, inc: u32) {

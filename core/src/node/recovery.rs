@@ -90,14 +90,14 @@ impl Node {
         }
         let fresh = meta.is_none() && namespaces.is_empty();
         let cluster_version = match &meta {
-            Some(m) => match ReleaseId::by_version(&m.cluster_version) {
+            Some(m) => match self.known_release(&m.cluster_version) {
                 Some(v) => v,
                 None => {
                     return self.refuse_at_start(
                         total,
                         format!(
-                            "data directory is at cluster version {}, which this build ({}) does not know: run a newer release",
-                            m.cluster_version, self.release.version
+                            "binary {} is older than the active cluster version {}, which it does not know: run {} or newer, or restore a backup taken before the finalization",
+                            self.release.version, m.cluster_version, m.cluster_version
                         ),
                     )
                 }

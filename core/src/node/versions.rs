@@ -68,6 +68,14 @@ pub(crate) enum BackupFor {
 }
 
 impl Node {
+    /// The release a version names, as this node's build knows it: a build
+    /// knows its own release and the ones before it, never a later one (the
+    /// simulator runs every release from one table, so this keeps an old
+    /// node as blind to newer releases as its real binary is).
+    pub(super) fn known_release(&self, version: &str) -> Option<ReleaseId> {
+        ReleaseId::by_version(version).filter(|r| *r <= self.cfg.release)
+    }
+
     /// The active cluster version.
     pub fn cluster_version(&self) -> ReleaseId {
         self.cluster_version
@@ -150,7 +158,7 @@ impl Node {
     fn admin_finalize(&mut self, id: RequestId, target: Option<String>) {
         let target = match target {
             None => self.cfg.release,
-            Some(v) => match ReleaseId::by_version(&v) {
+            Some(v) => match self.known_release(&v) {
                 Some(r) => r,
                 None => {
                     return self.reply(
@@ -160,12 +168,14 @@ impl Node {
                 }
             },
         };
-        if let Err(why) = self.finalize_blocker(target) {
-            return self.reply(id, Response::Error(ClientError::Refused(why)));
-        }
-        if target <= self.cluster_version {
+        // Finalizing a version the cluster already runs at is done, whoever
+        // is up: an operator (or an orchestrator resuming) may send it again.
+        if self.phase == Phase::Serving && target <= self.cluster_version {
             let v = self.cluster_version.version().into();
             return self.reply(id, Response::Finalized { cluster_version: v });
+        }
+        if let Err(why) = self.finalize_blocker(target) {
+            return self.reply(id, Response::Error(ClientError::Refused(why)));
         }
         self.persist_cluster_version(target, Some(id));
     }
@@ -196,9 +206,11 @@ impl Node {
             if !p.up {
                 return Err(format!("cannot finalize {t}: {} is down", p.id));
             }
-            match ReleaseId::by_version(&info.release) {
+            // A peer on a release this build does not know (a newer one)
+            // serves only at a cluster version at or past this build's
+            // release, where every target it may finalize is already active.
+            match self.known_release(&info.release) {
                 Some(r) if r >= target => {}
-                _ if ReleaseId::by_version(&info.release).is_none() => {}
                 _ => {
                     return Err(format!(
                         "cannot finalize {t}: {} runs {}",
@@ -218,7 +230,7 @@ impl Node {
 
     /// Learned from gossip: a peer runs at a higher cluster version.
     pub(super) fn learn_cluster_version(&mut self, version: &str) {
-        let Some(v) = ReleaseId::by_version(version) else {
+        let Some(v) = self.known_release(version) else {
             // A version this build does not know is newer than all it knows.
             let reason = format!(
                 "binary {} is older than the active cluster version {version}",

@@ -32,8 +32,38 @@ pub struct ReadResult {
     /// Live values; empty if the key does not exist (or was deleted);
     /// several if concurrent writes left siblings.
     pub values: Vec<Vec<u8>>,
+    /// Each value's dot (the write that made it), in the order of `values`.
+    pub dots: Vec<String>,
     /// The context to pass to the next write of this key.
     pub context: String,
+}
+
+impl ReadResult {
+    /// The values of a read's JSON document (see [`Client::get_document`]).
+    pub fn from_document(doc: &Value) -> ReadResult {
+        let siblings = doc["siblings"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        ReadResult {
+            values: siblings
+                .iter()
+                .map(|s| {
+                    let text = s["value"].as_str().unwrap_or_default();
+                    if s["encoding"] == "base64" {
+                        STANDARD.decode(text).unwrap_or_default()
+                    } else {
+                        text.as_bytes().to_vec()
+                    }
+                })
+                .collect(),
+            dots: siblings
+                .iter()
+                .map(|s| s["dot"].as_str().unwrap_or_default().to_string())
+                .collect(),
+            context: doc["context"].as_str().unwrap_or_default().to_string(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -56,8 +86,20 @@ pub fn encode_key(key: &str) -> String {
     out
 }
 
+/// The base URL for `base`: `http://` is assumed when it names no scheme,
+/// and trailing slashes are dropped.
+pub fn base_url(base: &str) -> String {
+    let base = base.trim().trim_end_matches('/');
+    if base.contains("://") {
+        base.to_string()
+    } else {
+        format!("http://{base}")
+    }
+}
+
 impl Client {
-    /// `base` is like `http://127.0.0.1:8101`.
+    /// `base` is like `http://127.0.0.1:8101`; without a scheme
+    /// (`127.0.0.1:8101`) it means `http://`.
     pub fn new(base: &str, token: Option<String>) -> Client {
         Client::with_timeout(base, token, Duration::from_secs(10))
     }
@@ -71,7 +113,7 @@ impl Client {
             .build();
         Client {
             agent: ureq::Agent::new_with_config(config),
-            base: base.trim_end_matches('/').to_string(),
+            base: base_url(base),
             token,
         }
     }
@@ -154,6 +196,13 @@ impl Client {
     }
 
     pub fn get(&self, key: &str) -> Result<ReadResult, ClientError> {
+        Ok(ReadResult::from_document(&self.get_document(key)?))
+    }
+
+    /// Reads a key as the node's JSON document: `{"key", "context",
+    /// "siblings": [{"value", "encoding": "utf8"|"base64", "dot"}]}` (no
+    /// siblings if the key does not exist).
+    pub fn get_document(&self, key: &str) -> Result<Value, ClientError> {
         let url = self.url(&format!("/v1/kv/{}", encode_key(key)));
         let req = self
             .auth(self.agent.get(&url))
@@ -162,28 +211,9 @@ impl Client {
         if !matches!(status, 200 | 300 | 404) {
             return Err(Self::error(status, &body));
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| ClientError::Http {
+        serde_json::from_slice(&body).map_err(|e| ClientError::Http {
             status,
             message: format!("bad JSON from node: {e}"),
-        })?;
-        let values = v["siblings"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|s| {
-                        let text = s["value"].as_str().unwrap_or_default();
-                        if s["encoding"] == "base64" {
-                            STANDARD.decode(text).unwrap_or_default()
-                        } else {
-                            text.as_bytes().to_vec()
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(ReadResult {
-            values,
-            context: v["context"].as_str().unwrap_or_default().to_string(),
         })
     }
 
@@ -233,5 +263,12 @@ mod tests {
     #[test]
     fn keys_are_escaped() {
         assert_eq!(encode_key("a/b c?%"), "a/b%20c%3F%25");
+    }
+
+    #[test]
+    fn a_base_without_a_scheme_is_http() {
+        assert_eq!(base_url("127.0.0.1:8101"), "http://127.0.0.1:8101");
+        assert_eq!(base_url("http://127.0.0.1:8101/"), "http://127.0.0.1:8101");
+        assert_eq!(base_url("https://db.example:443"), "https://db.example:443");
     }
 }

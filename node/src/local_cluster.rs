@@ -1,7 +1,8 @@
 //! `cairn local-cluster`: N nodes on 127.0.0.1 as child processes of this
 //! binary, each with its own config file, data directory and log file in one
 //! directory. Starting again on the same directory reuses the configs (same
-//! ports, same secret) and the data.
+//! ports, same secret) and the data; a different `--nodes` is refused, since
+//! it would change the shape of the cluster the data belongs to.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -55,14 +56,62 @@ pub fn threads_per_node(n: usize) -> usize {
     (cpus / n.max(1)).max(1)
 }
 
+/// The node ids of the `node-<i>.toml` configs in `dir`, sorted (empty if
+/// there are none or `dir` does not exist).
+pub fn existing_configs(dir: &Path) -> anyhow::Result<Vec<u32>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("node-")?.strip_suffix(".toml")?.parse().ok());
+        if let Some(id) = id {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Refuses to run `n` nodes in a directory that holds a cluster of another
+/// shape: new configs would take new ports, a new secret and a new member
+/// list, and the existing data would not belong to the cluster they describe.
+pub fn check_shape(dir: &Path, n: usize) -> anyhow::Result<()> {
+    let ids = existing_configs(dir)?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let expected: Vec<u32> = (1..=n as u32).collect();
+    if ids != expected {
+        let list: Vec<String> = ids.iter().map(|i| format!("node-{i}.toml")).collect();
+        bail!(
+            "{} already holds a cluster of {} node(s) ({}); --nodes {n} would change its shape \
+             (ports, secret, member list), so nothing was changed. Run it with --nodes {}, \
+             or use another --dir for a new cluster.",
+            dir.display(),
+            ids.len(),
+            list.join(", "),
+            ids.len()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `node-<i>.toml` for nodes 1..=n unless they exist, and returns the
-/// paths. `tweak` may adjust each new config. The nodes share the machine's
+/// paths. A directory holding configs for another number of nodes is
+/// refused ([`check_shape`]). `tweak` may adjust each new config. The nodes share the machine's
 /// CPUs ([`threads_per_node`]).
 pub fn write_configs(
     dir: &Path,
     n: usize,
     tweak: &dyn Fn(&mut FileConfig),
 ) -> anyhow::Result<Vec<PathBuf>> {
+    check_shape(dir, n)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let paths: Vec<PathBuf> = (1..=n)
         .map(|i| dir.join(format!("node-{i}.toml")))
@@ -246,6 +295,28 @@ impl LocalCluster {
         }
     }
 
+    /// Collects the nodes whose process has exited since the last call, and
+    /// describes each: id, pid, exit status and log file.
+    pub fn reap_exited(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                out.push(format!(
+                    "node {} (pid {}) exited: {}; its log is {}",
+                    node.id,
+                    child.id(),
+                    describe_exit(status),
+                    node.log.display()
+                ));
+                node.child = None;
+            }
+        }
+        out
+    }
+
     pub fn stop_all(&mut self, grace: Duration) {
         for node in &self.nodes {
             if let Some(child) = &node.child {
@@ -269,6 +340,29 @@ impl Drop for LocalCluster {
     }
 }
 
+/// "exit code 1", or "killed by signal 9 (SIGKILL)".
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGINT => " (SIGINT)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGBUS => " (SIGBUS)",
+                _ => "",
+            };
+            format!("killed by signal {sig}{name}")
+        }
+        None => status.to_string(),
+    }
+}
+
 /// Sends SIGTERM to a child.
 pub fn terminate(child: &Child) {
     // SAFETY: kill(2) with a pid we own and a valid signal has no memory effects.
@@ -282,6 +376,7 @@ pub fn run(nodes: usize, dir: &Path) -> anyhow::Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    check_shape(dir, nodes)?;
     let configs = write_configs(dir, nodes, &|_| {})?;
     let mut cluster = LocalCluster::start(dir, &configs)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -295,9 +390,10 @@ pub fn run(nodes: usize, dir: &Path) -> anyhow::Result<()> {
     println!("cairn local cluster: {nodes} nodes in {}", dir.display());
     for n in &cluster.nodes {
         println!(
-            "  node {}  {}  (config {}, log {})",
+            "  node {}  {}  (pid {}, config {}, log {})",
             n.id,
             n.http,
+            n.child.as_ref().map_or(0, Child::id),
             n.config.display(),
             n.log.display()
         );
@@ -313,14 +409,29 @@ pub fn run(nodes: usize, dir: &Path) -> anyhow::Result<()> {
     println!("  cairn get greeting --node {b}");
     println!();
     println!("Ctrl-C stops every node cleanly.");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let sig = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
-            r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT"),
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, std::io::Error>(Some("SIGTERM")),
+                r = tokio::signal::ctrl_c() => return r.map(|_| Some("SIGINT")),
+                _ = tick.tick() => {
+                    for line in cluster.reap_exited() {
+                        eprintln!("{line}");
+                    }
+                    if cluster.nodes.iter().all(|n| n.child.is_none()) {
+                        return Ok(None);
+                    }
+                }
+            }
         }
     })?;
+    let Some(sig) = sig else {
+        bail!("every node has exited");
+    };
     eprintln!("{sig}: stopping nodes");
     cluster.stop_all(Duration::from_secs(15));
     eprintln!("stopped");

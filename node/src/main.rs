@@ -1,12 +1,15 @@
 //! `cairn`: run a node, a local cluster, a benchmark, or talk to a node.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use cairn_node::bench::{self, BenchOptions};
-use cairn_node::client::Client;
+use cairn_node::client::{Client, ReadResult};
 use cairn_node::config::Config;
 use cairn_node::{local_cluster, offline, server};
 use clap::{Parser, Subcommand};
@@ -15,11 +18,28 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit codes, for scripts (also in node/README.md).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error (node unreachable, request refused, ...)
+  2  invalid configuration (serve), or bad command-line arguments
+  3  finalize refused: some node blocks it
+  4  get: the key does not exist (or was deleted)
+  5  get: the key has concurrent values (siblings); they are listed on stderr,
+     or printed with --json";
+
+/// `cairn get` found no value.
+const EXIT_NOT_FOUND: u8 = 4;
+/// `cairn get` found several concurrent values.
+const EXIT_SIBLINGS: u8 = 5;
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
     version,
-    about = "A Dynamo-style replicated key-value store"
+    about = "A Dynamo-style replicated key-value store",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,7 +48,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// Base URL of any node's HTTP API.
+    /// Base URL of any node's HTTP API (`http://` if no scheme is given).
     #[arg(long, env = "CAIRN_NODE", default_value = "http://127.0.0.1:8101")]
     node: String,
     /// Bearer token, if the node requires one.
@@ -52,9 +72,10 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Write a value.
+    /// Write a value; `-` reads it from stdin (byte for byte).
     Put {
         key: String,
+        /// The value, or `-` for stdin.
         value: String,
         /// Causal context from a previous read.
         #[arg(long)]
@@ -62,9 +83,20 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Read a key: prints every concurrent value, then the context on stderr.
+    /// Read a key: its value on stdout byte for byte (no newline added), the
+    /// context on stderr.
+    ///
+    /// Not found exits 4. Concurrent values (siblings) exit 5 and are listed
+    /// on stderr, nothing on stdout; with --json every value is printed.
+    #[command(after_help = EXIT_CODES)]
     Get {
         key: String,
+        /// Print the node's JSON document instead: {"key", "context",
+        /// "siblings": [{"value", "encoding", "dot"}]}, each value as a JSON
+        /// string if it is UTF-8 ("encoding": "utf8"), else base64
+        /// ("encoding": "base64"). Exit codes are the same.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -196,26 +228,54 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             context,
             node,
         } => {
-            client(&node).put(&key, value.as_bytes(), context.as_deref())?;
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .read_to_end(&mut buf)
+                    .context("cannot read the value from stdin")?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            client(&node).put(&key, &value, context.as_deref())?;
             println!("ok");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { key, node } => {
-            let r = client(&node).get(&key)?;
+        Command::Get { key, json, node } => {
+            let c = client(&node);
+            let (doc, r) = if json {
+                let doc = c.get_document(&key)?;
+                let r = ReadResult::from_document(&doc);
+                (Some(doc), r)
+            } else {
+                (None, c.get(&key)?)
+            };
             let mut out = std::io::stdout().lock();
-            for v in &r.values {
-                out.write_all(v)?;
+            if let Some(doc) = doc {
+                serde_json::to_writer_pretty(&mut out, &doc)?;
                 out.write_all(b"\n")?;
+            } else if r.values.len() == 1 {
+                out.write_all(&r.values[0])?;
             }
+            out.flush()?;
             eprintln!("context: {}", r.context);
-            if r.values.is_empty() {
-                eprintln!("not found");
-                return Ok(ExitCode::from(4));
+            match r.values.len() {
+                0 => {
+                    eprintln!("not found");
+                    Ok(ExitCode::from(EXIT_NOT_FOUND))
+                }
+                1 => Ok(ExitCode::SUCCESS),
+                n => {
+                    eprintln!("{n} concurrent values (siblings); write with this context to resolve them:");
+                    if !json {
+                        for (i, (v, dot)) in r.values.iter().zip(&r.dots).enumerate() {
+                            eprintln!("  [{}] dot {dot}, {} bytes: {}", i + 1, v.len(), show(v));
+                        }
+                    }
+                    Ok(ExitCode::from(EXIT_SIBLINGS))
+                }
             }
-            if r.values.len() > 1 {
-                eprintln!("{} concurrent values (siblings)", r.values.len());
-            }
-            Ok(ExitCode::SUCCESS)
         }
         Command::Delete { key, context, node } => {
             client(&node).delete(&key, context.as_deref())?;
@@ -314,6 +374,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
+/// A sibling for the listing on stderr: UTF-8 as an escaped string in
+/// quotes, anything else as `base64:...`.
+fn show(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(t) => format!("{t:?}"),
+        Err(_) => format!("base64:{}", STANDARD.encode(v)),
+    }
 }
 
 fn client(args: &NodeArgs) -> Client {

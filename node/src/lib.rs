@@ -8,6 +8,7 @@
 //! - [`peers`]: authenticated TCP connections carrying core envelopes.
 //! - [`http`]: the client API, status, health and metrics endpoints.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`logging`]: text or JSON log lines.
 //! - [`server`]: `cairn serve`, wiring the above and handling signals.
 //! - [`backup`]: the on-disk backup format; [`offline`]: restore and the
 //!   migration dry run on a stopped node.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod driver;
 pub mod http;
 pub mod local_cluster;
+pub mod logging;
 pub mod metrics;
 pub mod offline;
 pub mod peers;

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use cairn_node::bench::{self, BenchOptions};
 use cairn_node::client::{Client, ReadResult};
 use cairn_node::config::Config;
-use cairn_node::{local_cluster, offline, server};
+use cairn_node::{local_cluster, logging, offline, server};
 use clap::{Parser, Subcommand};
 
 /// See the comment on transparent huge pages in `main`.
@@ -200,7 +200,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            server::init_logging(cfg.log_format);
+            logging::init(cfg.log_format, cfg.id.0);
             let rt = match cfg.worker_threads {
                 Some(1) => tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -9,7 +9,7 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::driver::{self, Driver, DriverExit};
 use crate::http::{self, AppState};
 use crate::metrics::NodeMetrics;
@@ -18,20 +18,6 @@ use crate::storage::{self, Storage, StorageStats};
 
 /// How long a clean shutdown may take before the process exits anyway.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
-
-/// Installs the global tracing subscriber (`RUST_LOG` filters, default info).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
 
 /// Runs a node until it is stopped; returns the process exit code.
 pub async fn serve(cfg: Config) -> i32 {

@@ -49,7 +49,6 @@ impl Harness {
         Client::with_timeout(self.http(i), None, Duration::from_secs(5))
     }
 
-    #[allow(dead_code)]
     fn log(&self, i: usize) -> String {
         std::fs::read_to_string(&self.cluster.nodes[i].log).unwrap_or_default()
     }
@@ -376,4 +375,39 @@ fn local_cluster_reports_a_node_that_exits() {
     assert!(report.contains(&log.display().to_string()), "{report}");
     let status = run.terminate().expect("local-cluster did not stop");
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn json_logs_have_a_top_level_message_and_the_node_id_on_every_line() {
+    let _g = serial();
+    let mut h = Harness::start(2, &|c| {
+        c.log_format = Some(cairn_node::config::LogFormat::Json);
+    });
+    h.client(0).put("k", b"v", None).unwrap();
+    h.cluster.stop_all(Duration::from_secs(10));
+    for i in 0..2 {
+        let log = h.log(i);
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(lines.len() >= 2, "node {}: {log}", i + 1);
+        for l in &lines {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert!(
+                v["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "no top-level message: {l}"
+            );
+            assert!(v.get("fields").is_none(), "{l}");
+            assert_eq!(v["node"], i + 1, "{l}");
+            assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+        }
+        let starting = lines
+            .iter()
+            .find(|l| l.contains(r#""message":"starting""#))
+            .unwrap_or_else(|| panic!("no start line: {log}"));
+        let v: serde_json::Value = serde_json::from_str(starting).unwrap();
+        assert!(
+            v["release"].is_string(),
+            "event fields are top-level: {starting}"
+        );
+    }
 }

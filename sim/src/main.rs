@@ -77,7 +77,9 @@ use clap::{Parser, Subcommand};
 
 use cairn_sim::planted::{self, PlantedBug};
 use cairn_sim::scenario::{self, Scenario};
-use cairn_sim::sweep::{parse_seeds, parse_shard, sweep, SweepConfig};
+use cairn_sim::sweep::{
+    default_jobs, parse_seed_count_or_range, parse_seeds, parse_shard, sweep, SweepConfig,
+};
 use cairn_sim::{exit, run, RunConfig};
 
 const EXIT_CODES: &str = "\
@@ -146,6 +148,10 @@ enum Command {
         /// Lift the fault atlas (see `run --help`).
         #[arg(long)]
         unlimited_faults: bool,
+        /// Without a terminal on stderr (a CI log), print a progress line at
+        /// most this often, as runs finish (on a terminal: a progress bar).
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        progress_every: f64,
         /// Re-run this percentage of the seeds and compare trace hashes; a
         /// mismatch fails the sweep with exit code 4.
         #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
@@ -166,9 +172,9 @@ enum Command {
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         start: u64,
-        /// Seeds run at once.
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
+        /// Seeds run at once (default: available parallelism).
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Only these bugs (repeatable; default: all).
         #[arg(long = "planted-bug", value_name = "NAME")]
         planted_bug: Vec<String>,
@@ -178,11 +184,13 @@ enum Command {
     Bench {
         #[arg(long, default_value = "default", value_name = "NAME|PATH")]
         scenario: String,
-        /// Seeds to run.
-        #[arg(long, default_value_t = 20)]
-        seeds: u64,
-        #[arg(long, default_value_t = 0)]
-        start: u64,
+        /// Seeds to run: A..B (B excluded), A..=B, or a count N (the N seeds
+        /// from --start).
+        #[arg(long, default_value = "20", value_name = "A..B|N")]
+        seeds: String,
+        /// The first seed of a count (default 0).
+        #[arg(long)]
+        start: Option<u64>,
     },
     /// List the built-in scenarios and planted bugs.
     Scenarios,
@@ -446,9 +454,13 @@ fn main() -> ExitCode {
             scenario,
             planted_bug,
             unlimited_faults,
+            progress_every,
             recheck: recheck_pct,
             plant_nondeterminism,
         } => {
+            if !(progress_every >= 0.0 && progress_every.is_finite()) {
+                return usage("--progress-every takes a number of seconds, 0 or more");
+            }
             if !(0.0..=100.0).contains(&recheck_pct) {
                 return usage("--recheck takes a percentage in 0..=100");
             }
@@ -470,11 +482,7 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return usage(e),
             };
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
+            let jobs = jobs.unwrap_or_else(default_jobs);
             if jobs == 0 {
                 return usage("--jobs must be at least 1");
             }
@@ -486,6 +494,7 @@ fn main() -> ExitCode {
                 bugs,
                 jobs,
                 progress: true,
+                progress_every: std::time::Duration::from_secs_f64(progress_every),
             };
             let count = cfg.seed_list().len() * cfg.scenarios.len();
             eprintln!(
@@ -543,6 +552,18 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return usage(e),
             };
+            let jobs = jobs.unwrap_or_else(default_jobs);
+            if jobs == 0 {
+                return usage("--jobs must be at least 1");
+            }
+            eprintln!(
+                "hunting {} planted bug(s), at most {budget} seed(s) each from seed {start}, on {jobs} thread(s)",
+                if only.is_empty() {
+                    planted::all().len()
+                } else {
+                    only.len()
+                }
+            );
             cairn_sim::install_panic_hook(true);
             let rows: Vec<_> = cairn_sim::power::table_of(&only, start, budget, jobs);
             print!("{}", cairn_sim::power::render(&rows));
@@ -554,13 +575,18 @@ fn main() -> ExitCode {
             seeds,
             start,
         } => {
+            let (first, end) = match parse_seed_count_or_range(&seeds, start) {
+                Ok(r) => r,
+                Err(e) => return usage(e),
+            };
             let list = match scenarios(&scenario) {
                 Ok(l) if l.len() == 1 => l,
                 Ok(_) => return usage("bench takes one scenario"),
                 Err(e) => return usage(e),
             };
             cairn_sim::install_panic_hook(true);
-            let b = cairn_sim::bench::bench(&list[0], start, seeds.max(1));
+            eprintln!("bench: seeds {first}..{end}");
+            let b = cairn_sim::bench::bench(&list[0], first, end - first);
             println!("{b}");
             ExitCode::SUCCESS
         }

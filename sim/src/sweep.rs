@@ -3,8 +3,10 @@
 //! Results are collected and sorted by (scenario, seed), so what a sweep
 //! prints does not depend on thread scheduling.
 
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use cairn_core::Time;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -42,6 +44,31 @@ pub fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
     Ok((s, s.saturating_add(1)))
 }
 
+/// Parses `bench --seeds`: a range as [`parse_seeds`] takes it (`A..B`,
+/// `A..=B`), or a count `N`: the N seeds from `start`.
+pub fn parse_seed_count_or_range(text: &str, start: Option<u64>) -> Result<(u64, u64), String> {
+    if text.contains("..") {
+        if start.is_some() {
+            return Err("--start goes with a count of seeds, not a range".to_string());
+        }
+        return parse_seeds(text);
+    }
+    let count: u64 = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad seed count {text:?} (want N, A..B or A..=B): {e}"))?;
+    if count == 0 {
+        return Err("--seeds: at least one seed".to_string());
+    }
+    let start = start.unwrap_or(0);
+    Ok((start, start.saturating_add(count)))
+}
+
+/// Worker threads when none are asked for: the available parallelism.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Parses `K/N` (1 <= K <= N): shard K of N keeps the seeds with
 /// `seed % N == K - 1`.
 pub fn parse_shard(text: &str) -> Result<(u64, u64), String> {
@@ -69,7 +96,10 @@ pub struct SweepConfig {
     pub scenarios: Vec<Scenario>,
     pub bugs: Vec<PlantedBug>,
     pub jobs: usize,
+    /// Report progress on stderr: a bar on a terminal; otherwise (a CI log)
+    /// a line at most every `progress_every`, as runs finish.
     pub progress: bool,
+    pub progress_every: Duration,
 }
 
 impl SweepConfig {
@@ -131,9 +161,14 @@ pub fn sweep(cfg: &SweepConfig) -> SweepReport {
     let items: Vec<(usize, u64)> = (0..cfg.scenarios.len())
         .flat_map(|s| seeds.iter().map(move |&seed| (s, seed)))
         .collect();
+    // indicatif draws nothing when stderr is not a terminal; plain lines
+    // stand in for the bar there.
+    let lines = cfg.progress && !std::io::stderr().is_terminal();
+    let last_line = Mutex::new(started);
+    let done = AtomicUsize::new(0);
     let bar = ProgressBar::with_draw_target(
         Some(items.len() as u64),
-        if cfg.progress {
+        if cfg.progress && !lines {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
@@ -183,6 +218,23 @@ pub fn sweep(cfg: &SweepConfig) -> SweepReport {
                 }
                 results.lock().unwrap_or_else(|e| e.into_inner()).push(res);
                 bar.inc(1);
+                if lines {
+                    let mut last = last_line.lock().unwrap_or_else(|e| e.into_inner());
+                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    let now = Instant::now();
+                    if now.duration_since(*last) >= cfg.progress_every || d == items.len() {
+                        *last = now;
+                        eprintln!(
+                            "{}",
+                            progress_line(
+                                d,
+                                items.len(),
+                                failed.load(Ordering::Relaxed),
+                                now.duration_since(started)
+                            )
+                        );
+                    }
+                }
             });
         }
     });
@@ -193,6 +245,23 @@ pub fn sweep(cfg: &SweepConfig) -> SweepReport {
         results,
         wall: started.elapsed(),
     }
+}
+
+/// `sweep: 120/1000 runs (12.0%), 0 failed, 30 s elapsed, about 220 s left`.
+pub fn progress_line(done: usize, total: usize, failed: usize, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let left = if done == 0 {
+        String::new()
+    } else {
+        format!(
+            ", about {:.0} s left",
+            secs / done as f64 * (total - done.min(total)) as f64
+        )
+    };
+    format!(
+        "sweep: {done}/{total} runs ({:.1}%), {failed} failed, {secs:.0} s elapsed{left}",
+        100.0 * done as f64 / total.max(1) as f64
+    )
 }
 
 // ----- determinism self-check -------------------------------------------
@@ -397,8 +466,32 @@ mod tests {
             bugs: vec![],
             jobs: 1,
             progress: false,
+            progress_every: Duration::from_secs(5),
         };
         assert_eq!(cfg.seed_list(), vec![1, 4, 7]);
+    }
+
+    #[test]
+    fn bench_seeds_are_a_count_or_a_range() {
+        assert_eq!(parse_seed_count_or_range("20", None), Ok((0, 20)));
+        assert_eq!(parse_seed_count_or_range("20", Some(5)), Ok((5, 25)));
+        assert_eq!(parse_seed_count_or_range("100..120", None), Ok((100, 120)));
+        assert_eq!(parse_seed_count_or_range("3..=4", None), Ok((3, 5)));
+        assert!(parse_seed_count_or_range("3..5", Some(1)).is_err());
+        assert!(parse_seed_count_or_range("0", None).is_err());
+        assert!(parse_seed_count_or_range("x", None).is_err());
+    }
+
+    #[test]
+    fn progress_lines_say_how_far_and_how_long() {
+        assert_eq!(
+            progress_line(25, 100, 1, Duration::from_secs(10)),
+            "sweep: 25/100 runs (25.0%), 1 failed, 10 s elapsed, about 30 s left"
+        );
+        assert_eq!(
+            progress_line(0, 100, 0, Duration::ZERO),
+            "sweep: 0/100 runs (0.0%), 0 failed, 0 s elapsed"
+        );
     }
 
     #[test]

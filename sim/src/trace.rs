@@ -4,6 +4,12 @@
 //! Each record is hashed incrementally (xxh3-64 over a compact binary
 //! encoding), so the trace hash proves determinism whether or not the trace
 //! is written out. JSON lines are formatted only when a trace file is open.
+//!
+//! A trace file starts with a header line (see [`header`]): the seed,
+//! scenario, options, planted bugs, release and time unit of the run. It
+//! describes the run rather than recording an event, so it is not hashed and
+//! not counted in [`Trace::records`]: the hash of a run is the same whether
+//! or not its trace is written.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -252,6 +258,30 @@ fn links_json(links: u64) -> Vec<String> {
     out
 }
 
+/// Version of the trace file's layout, in its header.
+pub const TRACE_FORMAT: u32 = 1;
+
+/// The first line of a trace file: `{"ev": "header", "format", "seed",
+/// "scenario", "options", "planted_bugs", "release", "simulator",
+/// "time_unit": "us"}`. `release` is the newest node release the simulator
+/// embeds (the one a node runs unless its scenario says otherwise; the
+/// options list each node's), `simulator` the simulator's version, and
+/// `time_unit` the unit of every record's `t`. Nothing in it depends on the
+/// wall clock, so two runs of a seed write identical files.
+pub fn header(options: &crate::options::Options, bugs: &[String]) -> serde_json::Value {
+    json!({
+        "ev": "header",
+        "format": TRACE_FORMAT,
+        "seed": options.seed,
+        "scenario": options.scenario,
+        "options": options,
+        "planted_bugs": bugs,
+        "release": cairn_core::version::ReleaseId::current().version(),
+        "simulator": env!("CARGO_PKG_VERSION"),
+        "time_unit": "us",
+    })
+}
+
 /// Bytes of encoded records gathered before they are fed to the hasher.
 const HASH_CHUNK: usize = 4096;
 
@@ -285,6 +315,15 @@ impl Trace {
     pub fn to_file(path: &Path) -> std::io::Result<Trace> {
         let mut t = Trace::new();
         t.out = Some(BufWriter::new(File::create(path)?));
+        Ok(t)
+    }
+
+    /// Like [`Trace::to_file`], the file starting with `header` (not hashed).
+    pub fn to_file_with_header(path: &Path, header: &serde_json::Value) -> std::io::Result<Trace> {
+        let mut out = BufWriter::new(File::create(path)?);
+        writeln!(out, "{header}")?;
+        let mut t = Trace::new();
+        t.out = Some(out);
         Ok(t)
     }
 

@@ -2759,7 +2759,7 @@ pub fn run(cfg: &RunConfig) -> RunReport {
     let options = Options::derive(cfg.seed, &cfg.scenario);
     let bugs: Vec<String> = cfg.bugs.iter().map(|b| b.name.to_string()).collect();
     let trace = match &cfg.trace {
-        Some(p) => match Trace::to_file(p) {
+        Some(p) => match Trace::to_file_with_header(p, &crate::trace::header(&options, &bugs)) {
             Ok(t) => t,
             Err(e) => {
                 return RunReport {

@@ -18,6 +18,7 @@ fn config(bug: Option<&str>) -> SweepConfig {
             .unwrap_or_default(),
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
         progress: false,
+        progress_every: std::time::Duration::from_secs(5),
     }
 }
 

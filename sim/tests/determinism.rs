@@ -57,8 +57,12 @@ fn writing_the_trace_does_not_change_the_hash() {
     let text = std::fs::read_to_string(&path).expect("trace written");
     let _ = std::fs::remove_file(&path);
     assert_eq!(a.trace_hash, b.trace_hash);
-    assert_eq!(text.lines().count() as u64, a.stats.trace_records);
-    for line in text.lines().take(50) {
+    // The header line, then one line per hashed record.
+    assert_eq!(text.lines().count() as u64, a.stats.trace_records + 1);
+    let header: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap()).expect("the header is JSON");
+    assert_eq!(header["ev"], "header");
+    for line in text.lines().skip(1).take(50) {
         let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
         assert!(v.get("t").is_some() && v.get("ev").is_some(), "{line}");
     }

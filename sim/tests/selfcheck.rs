@@ -21,6 +21,7 @@ fn a_planted_nondeterminism_is_reported_and_a_clean_sweep_is_not() {
         bugs: Vec::new(),
         jobs: 2,
         progress: false,
+        progress_every: std::time::Duration::from_secs(5),
     };
 
     let report = sweep(&cfg);

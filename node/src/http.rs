@@ -595,16 +595,16 @@ async fn admin_backups(State(st): State<Arc<AppState>>, headers: HeaderMap) -> H
     .into_response()
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> HttpResponse {
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> HttpResponse {
     let snap = st.driver.snapshot().await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        st.metrics.render(snap.as_ref()),
-    )
-        .into_response()
+    let format = crate::metrics::Format::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
+    let (metrics, backups) = (st.metrics.clone(), st.backups_dir.clone());
+    let body = tokio::task::spawn_blocking(move || metrics.render(snap.as_ref(), &backups, format))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 /// This binary's release table row as JSON.

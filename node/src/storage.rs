@@ -68,7 +68,7 @@ pub struct BackupPolicy {
 }
 
 /// Counters the metrics endpoint reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StorageStats {
     /// fjall batches committed (each followed by one persist).
     pub batches: AtomicU64,
@@ -76,8 +76,22 @@ pub struct StorageStats {
     pub records: AtomicU64,
     /// Core syncs answered (several may share one batch; counted by the driver).
     pub syncs: AtomicU64,
-    /// Total microseconds spent in batch commit plus persist.
-    pub persist_micros: AtomicU64,
+    /// Seconds each batch took to commit and persist (fsync).
+    pub persist_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StorageStats {
+    fn default() -> Self {
+        StorageStats {
+            batches: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            // 50 µs to about 13 s.
+            persist_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 19),
+            ),
+        }
+    }
 }
 
 /// How the records keyspace is created. fjall stores these options with the
@@ -351,8 +365,8 @@ fn flush(
     let result = storage.commit(pending);
     pending.clear();
     stats
-        .persist_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        .persist_seconds
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(n) => {
             stats.batches.fetch_add(1, Ordering::Relaxed);

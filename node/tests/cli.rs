@@ -411,3 +411,134 @@ fn json_logs_have_a_top_level_message_and_the_node_id_on_every_line() {
         );
     }
 }
+
+/// GETs `/metrics` with `accept`; returns (content type, body).
+fn scrape(h: &Harness, accept: Option<&str>) -> (String, String) {
+    let mut req = ureq::get(format!("{}/metrics", h.http(0)));
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
+    }
+    let mut resp = req.call().unwrap();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (ct, resp.body_mut().read_to_string().unwrap())
+}
+
+/// What a Prometheus 0.0.4 text parser makes of an exposition: each
+/// sample's family and its type, failing on a sample of no declared family.
+fn text_004_families(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut types = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        assert!(!l.starts_with("# EOF") && !l.starts_with("# UNIT"), "{l}");
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.insert(name.to_string(), kind.to_string());
+        }
+    }
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let family = if types.contains_key(name) {
+            name
+        } else {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    let base = name.strip_suffix(s)?;
+                    (types.get(base)? == "histogram").then_some(base)
+                })
+                .unwrap_or_else(|| panic!("sample of no declared family: {l}"))
+        };
+        let kind = &types[family];
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&kind.as_str()),
+            "{family} is {kind}"
+        );
+        if kind == "counter" {
+            assert!(family.ends_with("_total"), "{family}");
+        }
+    }
+    types
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix}"))
+}
+
+#[test]
+fn metrics_negotiate_their_format_and_name_units() {
+    let _g = serial();
+    let h = Harness::start(1, &|_| {});
+    h.client(0).put("k", b"v", None).unwrap();
+    h.client(0).post_json("/v1/admin/backup").unwrap();
+
+    let (ct, text) = scrape(&h, Some("text/plain;version=0.0.4"));
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    let types = text_004_families(&text);
+    let (ct, default) = scrape(&h, None);
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    text_004_families(&default);
+
+    for (family, kind) in [
+        ("cairn_http_requests_total", "counter"),
+        ("cairn_core_quorum_timeouts_total", "counter"),
+        ("cairn_storage_batches_total", "counter"),
+        ("cairn_storage_persist_seconds", "histogram"),
+        ("cairn_version_info", "gauge"),
+        ("cairn_build_info", "gauge"),
+        ("cairn_cluster_version", "gauge"),
+        ("cairn_live_schema", "gauge"),
+        ("cairn_migration_state", "gauge"),
+        ("cairn_last_backup_timestamp_seconds", "gauge"),
+        ("cairn_data_dir_bytes", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    for gone in ["cairn_storage_persist_microseconds", "cairn_storage_synced"] {
+        assert!(!text.contains(gone), "{gone} is still exported");
+    }
+    assert!(sample(&text, "cairn_storage_persist_seconds_count") >= 1.0);
+    assert!(sample(&text, "cairn_last_backup_timestamp_seconds") > 1.6e9);
+    assert!(sample(&text, "cairn_data_dir_bytes") > 0.0);
+    assert!(sample(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(sample(&text, "process_open_fds") > 0.0);
+    let started = sample(&text, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started > 1.6e9 && started <= now + 5.0, "{started}");
+    assert_eq!(sample(&text, "cairn_migration_state{state=\"none\"}"), 1.0);
+    let release = cairn_core::version::ReleaseId::current().version();
+    assert!(text.contains(&format!("cairn_cluster_version{{version=\"{release}\"}} 1")));
+    assert!(text.contains(&format!("release=\"{release}\"")));
+
+    // What Prometheus asks for.
+    let (ct, om) = scrape(
+        &h,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+    );
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    assert!(om.ends_with("# EOF\n"));
+    assert_eq!(om.matches("# EOF").count(), 1);
+    assert!(om.contains("# TYPE cairn_http_requests counter"));
+    assert!(om.contains("# TYPE process_cpu_seconds counter"));
+}

@@ -32,6 +32,7 @@
 //! | `corrupt-truthful` | every `Event::CorruptRecord`   | the record was damaged by the disk (a record the node wrote reads back) |
 //! | `rejoin-bounded`  | every timer of a node that started on an empty disk | once a majority of the members (itself included) has served and been reachable for its probe timeout and two handshake retries, it no longer waits for the rest |
 //! | `refusal-heeded`  | every handshake refusal sent or delivered | neither the node that refuses a peer nor the one it refuses holds a protocol with the other |
+//! | `reap-coordinated` | every reap query sent          | only a key's first replica (in the sender's ring) coordinates the reaping of its tombstone |
 //! | `merkle-fresh`    | liveness phase, once converged | every node's Merkle roots equal roots built afresh from the states it holds |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
@@ -723,4 +724,32 @@ mod tests {
             assert!(!covers(&disk, dot(1, 1)), "a torn record counts");
         }
     }
+}
+
+/// `reap-coordinated`: a message `node` sends, if it is a reap query, comes
+/// from the key's first replica (one coordinator a tombstone, so a reap
+/// round costs one query and one commit a replica).
+pub fn check_reap_query(node: &cairn_core::Node, bytes: &[u8]) -> Result<(), Violation> {
+    use cairn_core::wire::{decode, Decoded, Message};
+    let speaks = node.release().protocols;
+    let Ok(Decoded::Known {
+        message: Message::ReapQuery(q),
+        ..
+    }) = decode(bytes, speaks, usize::MAX)
+    else {
+        return Ok(());
+    };
+    let me = node.config().id;
+    let first = node.ring().replicas_of(&q.key).first().copied();
+    if first == Some(me) {
+        return Ok(());
+    }
+    Err(Violation::new(
+        "reap-coordinated",
+        format!(
+            "{me} asked to reap key {:?}, whose first replica is {}",
+            String::from_utf8_lossy(&q.key),
+            first.map_or("none".into(), |f| f.to_string())
+        ),
+    ))
 }

@@ -268,9 +268,13 @@ struct Slot {
 
 /// The message type of a handshake refusal.
 fn refuse_type() -> u16 {
+    message_type_named("Refuse")
+}
+
+fn message_type_named(name: &str) -> u16 {
     cairn_core::wire::MESSAGE_TYPES
         .iter()
-        .find(|&&(_, name, _)| name == "Refuse")
+        .find(|&&(_, n, _)| n == name)
         .map_or(u16::MAX, |&(t, ..)| t)
 }
 
@@ -425,6 +429,7 @@ pub struct World {
     net_changed_at: Time,
     /// The message type of a handshake refusal (`refusal-heeded`).
     refuse_type: u16,
+    reap_query_type: u16,
     script: script::Script,
     versions: versions::Driver,
 }
@@ -535,6 +540,7 @@ impl World {
             hostile_feed: false,
             net_changed_at: Time::ZERO,
             refuse_type: refuse_type(),
+            reap_query_type: message_type_named("ReapQuery"),
             script,
             versions,
         }
@@ -1183,6 +1189,13 @@ impl World {
                                 i + 1
                             ),
                         ));
+                    }
+                }
+                if crate::trace::message_type(&bytes) == self.reap_query_type {
+                    if let Some(n) = self.slots[i].node.as_ref() {
+                        if let Err(v) = crate::oracle::check_reap_query(n, &bytes) {
+                            self.violation(v);
+                        }
                     }
                 }
                 let Some(j) = self.index_of(to) else {

@@ -14,6 +14,9 @@
 //! # initial_cluster_version = "0.2.0"           (only for an empty data directory)
 //! # initial_cluster_state = "new"               (new | existing: only for an empty data directory)
 //! # backup_retention = 5                        (backups kept in data_dir/backups)
+//! # max_client_connections = 4096               (HTTP connections served at once)
+//! # http_header_timeout_ms = 10000              (first byte of a request to the end of its headers)
+//! # http_idle_timeout_ms = 60000                (an idle connection, or a stalled body)
 //!
 //! [quorum]
 //! n = 3
@@ -144,6 +147,16 @@ pub struct FileConfig {
     /// Threads of the async runtime; 1 runs everything but storage on one
     /// thread (default: the number of CPUs).
     pub worker_threads: Option<usize>,
+    /// Client (HTTP) connections served at once; more are refused as they
+    /// arrive (default [`DEFAULT_MAX_CLIENT_CONNECTIONS`]). Lowered at start
+    /// if the open-file limit cannot leave descriptors for storage.
+    pub max_client_connections: Option<usize>,
+    /// Milliseconds from the first byte of a request to the end of its
+    /// headers before the connection is closed (default 10 s).
+    pub http_header_timeout_ms: Option<u64>,
+    /// Milliseconds a client connection may stay idle between requests, and
+    /// a request body may stall, before it is closed (default 60 s).
+    pub http_idle_timeout_ms: Option<u64>,
 }
 
 /// A validated configuration, ready to start a node.
@@ -167,10 +180,22 @@ pub struct Config {
     pub timing: Timing,
     pub peer_queue: usize,
     pub worker_threads: Option<usize>,
+    pub max_client_connections: usize,
+    pub http_header_timeout: std::time::Duration,
+    pub http_idle_timeout: std::time::Duration,
 }
 
 /// Backups kept when `backup_retention` is not set.
 pub const DEFAULT_BACKUP_RETENTION: usize = 5;
+
+/// Client connections served at once when `max_client_connections` is not set.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 4096;
+
+/// `http_header_timeout_ms` when not set.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+
+/// `http_idle_timeout_ms` when not set.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_MS: u64 = 60_000;
 
 impl std::fmt::Display for FileConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,6 +278,26 @@ impl FileConfig {
         }
         if let Some(v) = env("CAIRN_INITIAL_CLUSTER_STATE") {
             self.initial_cluster_state = Some(v);
+        }
+        let number = |field: &str, var: &str| -> Result<Option<u64>, ConfigError> {
+            match env(var) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    invalid(
+                        &format!("{field} ({var})"),
+                        format!("{v:?} is not a number"),
+                    )
+                }),
+            }
+        };
+        if let Some(n) = number("max_client_connections", "CAIRN_MAX_CLIENT_CONNECTIONS")? {
+            self.max_client_connections = Some(n as usize);
+        }
+        if let Some(n) = number("http_header_timeout_ms", "CAIRN_HTTP_HEADER_TIMEOUT_MS")? {
+            self.http_header_timeout_ms = Some(n);
+        }
+        if let Some(n) = number("http_idle_timeout_ms", "CAIRN_HTTP_IDLE_TIMEOUT_MS")? {
+            self.http_idle_timeout_ms = Some(n);
         }
         if let Some(v) = env("CAIRN_BACKUP_RETENTION") {
             self.backup_retention = Some(v.trim().parse().map_err(|_| {
@@ -417,6 +462,31 @@ impl FileConfig {
         if peer_queue == 0 {
             return Err(invalid("peer_queue", "must be at least 1"));
         }
+        let max_client_connections = self
+            .max_client_connections
+            .unwrap_or(DEFAULT_MAX_CLIENT_CONNECTIONS);
+        if max_client_connections == 0 {
+            return Err(invalid("max_client_connections", "must be at least 1"));
+        }
+        // Tokio's semaphore holds at most usize::MAX >> 3 permits.
+        if max_client_connections > 1 << 30 {
+            return Err(invalid("max_client_connections", "must be at most 2^30"));
+        }
+        let millis = |field: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+            0 => Err(invalid(field, "must be at least 1")),
+            ms if ms > 86_400_000 => Err(invalid(field, "must be at most a day (86400000)")),
+            ms => Ok(std::time::Duration::from_millis(ms)),
+        };
+        let http_header_timeout = millis(
+            "http_header_timeout_ms",
+            self.http_header_timeout_ms,
+            DEFAULT_HTTP_HEADER_TIMEOUT_MS,
+        )?;
+        let http_idle_timeout = millis(
+            "http_idle_timeout_ms",
+            self.http_idle_timeout_ms,
+            DEFAULT_HTTP_IDLE_TIMEOUT_MS,
+        )?;
         let cfg = Config {
             id,
             peer_addr,
@@ -434,6 +504,9 @@ impl FileConfig {
             timing,
             peer_queue,
             worker_threads: self.worker_threads,
+            max_client_connections,
+            http_header_timeout,
+            http_idle_timeout,
         };
         // The core's own checks (quorum, membership, release) name their field.
         cfg.node_config(0).validate().map_err(|e| {
@@ -572,6 +645,45 @@ mod tests {
         let mut c = base();
         c.backup_retention = Some(0);
         assert_eq!(field_of(c.validate().unwrap_err()), "backup_retention");
+        let mut c = base();
+        c.max_client_connections = Some(0);
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "max_client_connections"
+        );
+        let mut c = base();
+        c.http_header_timeout_ms = Some(0);
+        assert_eq!(
+            field_of(c.validate().unwrap_err()),
+            "http_header_timeout_ms"
+        );
+        let mut c = base();
+        c.http_idle_timeout_ms = Some(0);
+        assert_eq!(field_of(c.validate().unwrap_err()), "http_idle_timeout_ms");
+    }
+
+    #[test]
+    fn client_connection_limits_have_defaults_and_env_overrides() {
+        let cfg = base().validate().unwrap();
+        assert_eq!(cfg.max_client_connections, DEFAULT_MAX_CLIENT_CONNECTIONS);
+        assert_eq!(cfg.http_header_timeout.as_millis(), 10_000);
+        assert_eq!(cfg.http_idle_timeout.as_millis(), 60_000);
+        let mut c = base();
+        c.apply_env(|k| match k {
+            "CAIRN_MAX_CLIENT_CONNECTIONS" => Some("100".into()),
+            "CAIRN_HTTP_HEADER_TIMEOUT_MS" => Some("1000".into()),
+            "CAIRN_HTTP_IDLE_TIMEOUT_MS" => Some(" 2000 ".into()),
+            _ => None,
+        })
+        .unwrap();
+        let cfg = c.validate().unwrap();
+        assert_eq!(cfg.max_client_connections, 100);
+        assert_eq!(cfg.http_header_timeout.as_millis(), 1000);
+        assert_eq!(cfg.http_idle_timeout.as_millis(), 2000);
+        let e = base()
+            .apply_env(|k| (k == "CAIRN_MAX_CLIENT_CONNECTIONS").then(|| "lots".into()))
+            .unwrap_err();
+        assert!(field_of(e).starts_with("max_client_connections"));
     }
 
     #[test]

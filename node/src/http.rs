@@ -8,7 +8,7 @@
 //! | GET    | `/v1/status`    | node, versions, peers and drift (JSON) |
 //! | GET    | `/v1/version`   | this binary's release, protocol range and schema (JSON) |
 //! | GET    | `/health`       | 200 while the process runs |
-//! | GET    | `/ready`        | 200 while the node serves, else 503 with the reason |
+//! | GET    | `/ready`        | 200 while the node serves (reads included), else 503 with the reason |
 //! | GET    | `/metrics`      | Prometheus text format |
 //! | POST   | `/v1/admin/finalize[?target=V]` | raise the cluster version (default: this release); 409 naming the node that blocks it |
 //! | POST   | `/v1/admin/backup` | take a backup now; answers its manifest fields |
@@ -22,17 +22,21 @@
 //! next write of the same key to supersede what was read; a context that is
 //! forged, altered, read from another key, of an unknown format, truncated
 //! or oversized is refused with 400 and kind `bad_context`, and the write
-//! changes nothing. Errors are JSON `{"error": ..., "kind": ...}`: 400 bad
-//! key or context, 401 missing token (on `/v1/kv` and `/v1/admin` when a token is
-//! configured), 409 admin command refused, 413 value too large, 429 overloaded, 503 no
-//! quorum or node unavailable (the message says which).
+//! changes nothing. Every error is JSON `{"error": ..., "kind": ...}`, those
+//! the router answers itself included: 400 bad key, context or request, 401
+//! missing token (on `/v1/kv` and `/v1/admin` when a token is configured),
+//! 404 no such path, 405 method not allowed, 408 body stalled, 409 admin
+//! command refused, 413 body too large (refused on its declared length,
+//! before reading it), 429 overloaded, 503 no quorum, node unavailable or not
+//! ready, or too many connections (the message says which).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes as BodyBytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -96,6 +100,26 @@ fn router_with(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Limits on client connections (see [`serve`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more are refused as they arrive.
+    pub max_connections: usize,
+    /// Time from the first byte of a request to the end of its headers.
+    pub header_timeout: Duration,
+    /// Time a connection may stay without a request, and a request body
+    /// may stay without a byte arriving.
+    pub idle_timeout: Duration,
+}
+
+/// The answer to a connection over the limit, written (if the socket takes
+/// it at once) before closing.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+connection: close\r\n\
+content-length: 69\r\n\r\n\
+{\"error\":\"too many client connections\",\"kind\":\"too_many_connections\"}";
+
 /// Serves the API on `listener` until the task is dropped.
 ///
 /// Every connection is served by hyper's HTTP/1.1 server. Key-value requests
@@ -104,69 +128,298 @@ fn router_with(state: Arc<AppState>) -> Router {
 /// go straight to their handlers, without routing, extractors or the
 /// boxed services of the router; anything else, including every malformed
 /// variant of those, goes through the router, which answers it as before.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) {
+///
+/// At most `limits.max_connections` connections are served at once: one
+/// arriving beyond that is answered 503 (if its socket takes the answer at
+/// once) and closed, so idle clients cannot take the descriptors storage
+/// needs. A connection is closed once it has been idle (no request, nothing
+/// read or written) for `limits.idle_timeout`, or has sent part of a request
+/// but not all its headers within `limits.header_timeout`.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: ConnectionLimits) {
     let state = Arc::new(state);
     let router = router_with(state.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refusing = false;
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // E.g. out of file descriptors: wait for some to close.
                 tracing::warn!(error = %e, "http accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refusing {
+                tracing::warn!(
+                    %remote,
+                    max_client_connections = limits.max_connections,
+                    "refusing client connections: too many open"
+                );
+                refusing = true;
+            }
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            drop(stream);
+            continue;
+        };
+        if refusing {
+            tracing::info!("accepting client connections again");
+            refusing = false;
+        }
         let _ = stream.set_nodelay(true);
         let (st, router) = (state.clone(), router.clone());
         tokio::spawn(async move {
+            let _slot = slot;
+            let activity = Arc::new(Activity::new());
+            let seen = activity.clone();
             let service = hyper::service::service_fn(move |req| {
-                let (st, router) = (st.clone(), router.clone());
-                async move { Ok::<_, Infallible>(handle(&st, router, req).await) }
+                let (st, router, seen) = (st.clone(), router.clone(), seen.clone());
+                async move {
+                    seen.set(BUSY);
+                    let resp = handle(&st, router, req, limits.idle_timeout).await;
+                    seen.set(IDLE);
+                    Ok::<_, Infallible>(resp)
+                }
             });
+            let io = Watched {
+                io: stream,
+                activity: activity.clone(),
+            };
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "http connection ended");
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "http connection ended");
+                    }
+                }
+                why = activity.expired(limits) => {
+                    tracing::debug!(%remote, why, "closing client connection");
+                }
             }
         });
     }
 }
 
+/// What a connection is doing, for its timeouts.
+const IDLE: u64 = 0;
+/// Part of a request arrived, not yet all its headers.
+const HEAD: u64 = 1;
+/// A request is being handled.
+const BUSY: u64 = 2;
+
+/// A connection's state and when it entered it, in one word:
+/// milliseconds since `origin` << 2 | state.
+struct Activity {
+    origin: Instant,
+    word: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            origin: Instant::now(),
+            word: AtomicU64::new(IDLE),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn state(&self) -> u64 {
+        self.word.load(Ordering::Relaxed) & 3
+    }
+
+    fn set(&self, state: u64) {
+        self.word.store(self.now() << 2 | state, Ordering::Relaxed);
+    }
+
+    /// Completes once the connection has been idle, or in its headers,
+    /// for too long; says which.
+    async fn expired(&self, limits: ConnectionLimits) -> &'static str {
+        loop {
+            let word = self.word.load(Ordering::Relaxed);
+            let (limit, why) = match word & 3 {
+                IDLE => (limits.idle_timeout, "idle timeout"),
+                HEAD => (limits.header_timeout, "request headers timed out"),
+                _ => {
+                    // Handling a request; its body has a timeout of its own.
+                    tokio::time::sleep(limits.idle_timeout.min(limits.header_timeout)).await;
+                    continue;
+                }
+            };
+            let deadline = self.origin + Duration::from_millis(word >> 2) + limit;
+            if Instant::now() >= deadline && self.word.load(Ordering::Relaxed) == word {
+                return why;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A client socket that records its activity: the first bytes read while
+/// idle start a request's header timeout; bytes written while idle (the end
+/// of a response a slow client is reading) keep the connection alive.
+struct Watched {
+    io: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && self.activity.state() == IDLE {
+            self.activity.set(HEAD);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) && self.activity.state() == IDLE {
+            self.activity.set(IDLE);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) && self.activity.state() == IDLE {
+            self.activity.set(IDLE);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// One request: a plain key-value request directly, anything else through
-/// the router.
+/// the router. A body declared over the limit is refused before it is read;
+/// a body that stalls for `stall` is refused with 408.
 async fn handle(
     st: &AppState,
     mut router: Router,
     req: axum::http::Request<hyper::body::Incoming>,
+    stall: Duration,
 ) -> HttpResponse {
+    let declared = content_length(req.headers());
+    if let Some(n) = declared.filter(|&n| n > st.max_value_len) {
+        return too_large(n, st.max_value_len).into_response();
+    }
     let fast = match *req.method() {
         Method::GET | Method::DELETE => true,
-        // Larger or chunked bodies: the router answers 413 or reads them.
-        Method::PUT => content_length(req.headers()).is_some_and(|n| n <= st.max_value_len),
+        // Chunked bodies: the router reads them.
+        Method::PUT => declared.is_some(),
         _ => false,
     };
     let key = if fast { kv_key(req.uri().path()) } else { None };
     let Some(key) = key else {
-        return match router.call(req).await {
+        // Read here, within the limit and the stall timeout, whatever the
+        // route; the router's handlers then take it from memory.
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, st.max_value_len, declared.unwrap_or(0), stall).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
+        let req = axum::http::Request::from_parts(parts, axum::body::Body::from(body));
+        let resp = match router.call(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
         };
+        return json_error(resp, &method, &path).await;
     };
     let (parts, body) = req.into_parts();
     match parts.method {
         Method::GET => get_kv(st, key, &parts.headers).await,
         Method::DELETE => delete_kv(st, key, &parts.headers).await,
-        _ => match read_body(body, content_length(&parts.headers).unwrap_or(0)).await {
-            Ok(value) => put_kv(st, key, &parts.headers, value).await,
-            Err(e) => error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!("cannot read the request body: {e}"),
-            )
-            .into_response(),
-        },
+        _ => {
+            let len = declared.unwrap_or(0);
+            match read_body(body, len, len, stall).await {
+                Ok(value) => put_kv(st, key, &parts.headers, value).await,
+                Err(e) => e.into_response(),
+            }
+        }
     }
+}
+
+/// An error answered by the router itself (no route, wrong method, an
+/// extractor's rejection) in the documented JSON form; other answers as
+/// they are.
+async fn json_error(resp: HttpResponse, method: &Method, path: &str) -> HttpResponse {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = match body.collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let (kind, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", format!("no such path: {path}")),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("method {method} not allowed on {path}"),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", text),
+        _ if status.is_client_error() => ("bad_request", text),
+        _ => ("internal", text),
+    };
+    let message = if message.is_empty() { reason } else { message };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let body = Json(json!({"error": message, "kind": kind})).into_response();
+    let (body_parts, body) = body.into_parts();
+    parts.headers.extend(body_parts.headers);
+    HttpResponse::from_parts(parts, body)
+}
+
+fn too_large(len: usize, limit: usize) -> ApiError {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body of {len} bytes exceeds the limit of {limit}"),
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {
@@ -176,15 +429,41 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Reads a body of `len` bytes (its checked `Content-Length`, which hyper
-/// enforces) into memory of its own, copied once out of the connection's
-/// read buffer (see [`put_key`]). Never holds more than `len` bytes.
-async fn read_body(mut body: hyper::body::Incoming, len: usize) -> Result<Bytes, String> {
-    let mut value = bytes::BytesMut::with_capacity(len);
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
-            if data.len() > len - value.len() {
-                return Err("body longer than its Content-Length".into());
+/// Reads a body of at most `limit` bytes into memory of its own, copied
+/// once out of the connection's read buffer (see [`put_key`]); `capacity`
+/// is its declared length (hyper enforces it). Refused with 413 past the
+/// limit, with 408 if no byte arrives for `stall`.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    capacity: usize,
+    stall: Duration,
+) -> Result<Bytes, ApiError> {
+    let mut value = bytes::BytesMut::with_capacity(capacity.min(limit));
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the request body stalled: nothing arrived for {} ms",
+                        stall.as_millis()
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(frame)) => frame.map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("cannot read the request body: {e}"),
+                )
+            })?,
+        };
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - value.len() {
+                return Err(too_large(value.len() + data.len(), limit));
             }
             value.extend_from_slice(&data);
         }
@@ -508,11 +787,12 @@ async fn ready(State(st): State<Arc<AppState>>) -> HttpResponse {
         Some(s) => s.not_ready.unwrap_or_else(|| "not serving".into()),
         None => "node is stopping".into(),
     };
-    (
+    error(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("not ready: {why}\n"),
+        "not_ready",
+        format!("not ready: {why}"),
     )
-        .into_response()
+    .into_response()
 }
 
 #[derive(serde::Deserialize)]

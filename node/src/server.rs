@@ -19,6 +19,59 @@ use crate::storage::{self, Storage, StorageStats};
 /// How long a clean shutdown may take before the process exits anyway.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
+/// Descriptors kept for storage (fjall caches up to 900 open files, plus
+/// its journals), peer connections and the process itself, when the
+/// open-file limit allows; else half of the limit.
+const RESERVED_FILES: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard limit (a new process
+/// often starts with a soft limit of 1024, far below what the hard limit
+/// allows) and returns the limit now in force, if known.
+fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(
+                from = lim.rlim_cur,
+                to = lim.rlim_max,
+                "raised the open-file limit"
+            );
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            tracing::warn!(
+                limit = lim.rlim_cur,
+                hard = lim.rlim_max,
+                "cannot raise the open-file limit"
+            );
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// The client connections served at once: the configured cap, lowered if
+/// the open-file limit would not leave [`RESERVED_FILES`] (or half of the
+/// limit) to everything else.
+pub fn client_connection_cap(configured: usize, open_files: Option<u64>) -> usize {
+    let Some(limit) = open_files else {
+        return configured;
+    };
+    let reserve = RESERVED_FILES.min(limit / 2);
+    let room = limit.saturating_sub(reserve).max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
 /// Runs a node until it is stopped; returns the process exit code.
 pub async fn serve(cfg: Config) -> i32 {
     match run(cfg).await {
@@ -43,6 +96,16 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         initial_cluster_version = cfg.initial_cluster_version.map(|v| v.version()),
         "starting"
     );
+    let open_files = raise_open_files_limit();
+    let max_connections = client_connection_cap(cfg.max_client_connections, open_files);
+    if max_connections < cfg.max_client_connections {
+        tracing::warn!(
+            max_client_connections = cfg.max_client_connections,
+            open_file_limit = open_files,
+            serving = max_connections,
+            "the open-file limit lowers max_client_connections, to keep descriptors for storage"
+        );
+    }
     let store = {
         let dir = cfg.data_dir.clone();
         tokio::task::spawn_blocking(move || Storage::open(&dir)).await??
@@ -104,7 +167,12 @@ async fn run(cfg: Config) -> anyhow::Result<i32> {
         max_context_len: limits.max_context_len,
         backups_dir: Arc::new(cfg.backups_dir()),
     };
-    let http_task = tokio::spawn(http::serve(http_listener, app));
+    let limits = http::ConnectionLimits {
+        max_connections,
+        header_timeout: cfg.http_header_timeout,
+        idle_timeout: cfg.http_idle_timeout,
+    };
+    let http_task = tokio::spawn(http::serve(http_listener, app, limits));
 
     let exit = tokio::select! {
         r = &mut driver_task => r.unwrap_or(DriverExit::Closed),
@@ -153,5 +221,20 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_storage() {
+        assert_eq!(client_connection_cap(4096, None), 4096);
+        assert_eq!(client_connection_cap(4096, Some(1_048_576)), 4096);
+        assert_eq!(client_connection_cap(4096, Some(4096)), 3072);
+        assert_eq!(client_connection_cap(4096, Some(1024)), 512);
+        assert_eq!(client_connection_cap(100, Some(1024)), 100);
+        assert_eq!(client_connection_cap(100, Some(1)), 1);
     }
 }

@@ -16,6 +16,12 @@
 //!
 //! A peer without the secret never gets past step 3, and nothing it sends
 //! reaches the core. Both sides log the refusal and keep it for `/v1/status`.
+//!
+//! Until a connection is authenticated it costs little: frames longer than
+//! [`HANDSHAKE_MAX_FRAME`] close it as soon as their length is read (nothing
+//! is allocated for them), the whole exchange must finish within
+//! [`AUTH_TIMEOUT`], and at most [`MAX_UNAUTHENTICATED`] accepted
+//! connections are in it at once (more are closed as they arrive).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,7 +45,13 @@ type HmacSha256 = Hmac<Sha256>;
 
 const AUTH_MAGIC: &[u8; 8] = b"CAIRNAU1";
 const NONCE_LEN: usize = 32;
+/// The whole authentication exchange must finish within this.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest frame accepted before authentication: the hello is 44 bytes,
+/// a proof 32, a refusal a short reason.
+pub const HANDSHAKE_MAX_FRAME: usize = 1024;
+/// Accepted connections still authenticating at once; more are closed.
+pub const MAX_UNAUTHENTICATED: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -197,12 +209,25 @@ fn nonce() -> [u8; NONCE_LEN] {
 type Conn = Framed<TcpStream, LengthDelimitedCodec>;
 
 async fn next_frame(conn: &mut Conn) -> Result<BytesMut, String> {
-    match tokio::time::timeout(AUTH_TIMEOUT, conn.next()).await {
-        Err(_) => Err("timed out during authentication".into()),
-        Ok(None) => Err("connection closed during authentication".into()),
-        Ok(Some(Err(e))) => Err(format!("read error during authentication: {e}")),
-        Ok(Some(Ok(f))) => Ok(f),
+    match conn.next().await {
+        None => Err("connection closed during authentication".into()),
+        Some(Err(e)) => Err(format!("read error during authentication: {e}")),
+        Some(Ok(f)) => Ok(f),
     }
+}
+
+/// A connection framed for the authentication exchange: short frames only.
+fn handshake_conn(stream: TcpStream) -> Conn {
+    Framed::new(stream, codec(HANDSHAKE_MAX_FRAME))
+}
+
+/// Bounds a whole authentication exchange by [`AUTH_TIMEOUT`].
+async fn deadline<T>(
+    exchange: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(AUTH_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "timed out during authentication".to_string())?
 }
 
 /// Dialer side of the exchange; returns the connection once both are proven.
@@ -297,8 +322,10 @@ async fn dial_loop(
                 .map_err(|_| format!("connect to {addr} timed out"))?
                 .map_err(|e| format!("connect to {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
-            let mut conn = Framed::new(stream, codec(cfg.max_frame));
-            authenticate_dialer(&cfg, peer, &mut conn).await?;
+            let mut conn = handshake_conn(stream);
+            deadline(authenticate_dialer(&cfg, peer, &mut conn)).await?;
+            // Authenticated: envelopes may be as long as the core allows.
+            conn.codec_mut().set_max_frame_length(cfg.max_frame);
             Ok::<Conn, String>(conn)
         };
         let conn = match attempt.await {
@@ -404,6 +431,8 @@ async fn accept_loop(
     driver: mpsc::Sender<DriverMsg>,
     stats: Arc<TransportStats>,
 ) {
+    let unauthenticated = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
+    let mut refusing = false;
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -413,13 +442,28 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(slot) = unauthenticated.clone().try_acquire_owned() else {
+            stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            if !refusing {
+                tracing::warn!(
+                    %remote,
+                    limit = MAX_UNAUTHENTICATED,
+                    "closing peer connections: too many still authenticating"
+                );
+                refusing = true;
+            }
+            continue;
+        };
+        refusing = false;
         let _ = stream.set_nodelay(true);
         let cfg = cfg.clone();
         let driver = driver.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            let mut conn = Framed::new(stream, codec(cfg.max_frame));
-            let from = match authenticate_acceptor(&cfg, &mut conn).await {
+            let mut conn = handshake_conn(stream);
+            let authenticated = deadline(authenticate_acceptor(&cfg, &mut conn)).await;
+            drop(slot);
+            let from = match authenticated {
                 Ok(id) => id,
                 Err(e) => {
                     stats.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -427,6 +471,7 @@ async fn accept_loop(
                     return;
                 }
             };
+            conn.codec_mut().set_max_frame_length(cfg.max_frame);
             tracing::debug!(peer = %from, %remote, "accepted peer connection");
             while let Some(frame) = conn.next().await {
                 let bytes = match frame {

@@ -42,6 +42,7 @@ struct Node {
     config: PathBuf,
     log: PathBuf,
     http: String,
+    peer: String,
     /// `ulimit -n` for the process, if set.
     nofile: Option<u64>,
     child: Option<Child>,
@@ -86,6 +87,10 @@ impl Node {
         }
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     fn running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -111,6 +116,16 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The node's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 }
 
@@ -154,6 +169,7 @@ fn cluster(dir: &Path, n: usize, tweak: &dyn Fn(&mut FileConfig)) -> Vec<Node> {
                 config,
                 log: dir.join(format!("node-{}.log", i + 1)),
                 http: cfg.http_addr.clone().unwrap(),
+                peer: cfg.peer_addr.clone().unwrap(),
                 nofile: None,
                 child: None,
             }
@@ -422,4 +438,72 @@ fn every_error_is_json() {
     let (code, body) = get(&node.http, "/v1/kv/never-written").unwrap();
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("siblings"), "{body}");
+}
+
+/// Before authentication only handshake-sized frames are read: a frame
+/// announcing 16 MiB closes the connection at once, so a flood of them
+/// costs no memory; and unauthenticated connections beyond the bound are
+/// closed as they arrive.
+#[test]
+fn unauthenticated_peers_cannot_make_the_node_allocate() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 1, &|_| {});
+    let node = &mut nodes[0];
+    node.start();
+    node.wait_for("/ready");
+    let before = node.rss_kib();
+    // Each announces a 16 MiB frame and sends half of it.
+    let half = vec![0u8; 8 << 20];
+    let mut conns = Vec::new();
+    let mut refused_writes = 0;
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(&node.peer).unwrap();
+        s.set_write_timeout(Some(PATIENCE)).unwrap();
+        let sent = s
+            .write_all(&(16u32 << 20).to_be_bytes())
+            .and_then(|_| s.write_all(&half));
+        if sent.is_err() {
+            refused_writes += 1;
+        }
+        conns.push(s);
+    }
+    let during = node.rss_kib();
+    eprintln!(
+        "peer port, 100 connections announcing 16 MiB and sending 8 MiB: RSS {} MB before, {} MB after; {refused_writes} writes refused",
+        before / 1024,
+        during / 1024
+    );
+    for s in &mut conns {
+        assert!(
+            closed_within(s, PATIENCE),
+            "an unauthenticated connection was kept"
+        );
+    }
+    assert!(
+        during < before + 64 * 1024,
+        "RSS grew from {before} KiB to {during} KiB"
+    );
+    drop(conns);
+
+    // 200 silent connections: at most 64 wait for their handshake, the rest
+    // are closed as they arrive (well before the 5 s deadline).
+    let mut silent: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&node.peer).unwrap())
+        .collect();
+    let started = Instant::now();
+    let mut quick = 0;
+    for s in &mut silent {
+        let left = Duration::from_secs(4).saturating_sub(started.elapsed());
+        if !left.is_zero() && closed_within(s, left.min(Duration::from_millis(20))) {
+            quick += 1;
+        }
+    }
+    eprintln!("200 silent peer connections: {quick} closed at once");
+    assert!(quick >= 100, "only {quick} of 200 closed at once");
+    for s in &mut silent {
+        assert!(closed_within(s, PATIENCE), "a handshake never timed out");
+    }
+    assert!(node.running(), "node exited:\n{}", node.log_text());
+    assert!(node.rss_kib() < before + 64 * 1024);
 }

@@ -187,18 +187,39 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: C
                 activity: activity.clone(),
             };
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .without_shutdown();
             tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::trace!(error = %e, "http connection ended");
-                    }
-                }
+                r = conn => match r {
+                    Ok(parts) => linger(parts.io.into_inner().io, limits.idle_timeout).await,
+                    Err(e) => tracing::trace!(error = %e, "http connection ended"),
+                },
                 why = activity.expired(limits) => {
                     tracing::debug!(%remote, why, "closing client connection");
                 }
             }
         });
+    }
+}
+
+/// Closes a connection whose last answer may have left part of a request
+/// unread (a body refused on its declared length): closing a socket with
+/// unread data resets it, and the client would likely lose the answer. So
+/// the write side is shut first, then what the client still sends is read
+/// and discarded until it closes, for at most 2 s (or `idle`) and 4 MiB.
+async fn linger(mut stream: tokio::net::TcpStream, idle: Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + idle.min(Duration::from_secs(2));
+    let mut buf = [0u8; 16 * 1024];
+    let mut left: usize = 4 << 20;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
     }
 }
 

@@ -144,7 +144,7 @@ impl DriverHandle {
         let _ = self.tx.send(DriverMsg::Shutdown).await;
     }
 
-    /// True while the core serves requests.
+    /// True while the core serves requests, reads included.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
@@ -444,7 +444,9 @@ impl Driver {
                 Output::Event(e) => self.event(e),
             }
         }
-        self.ready.store(self.node.is_serving(), Ordering::Relaxed);
+        // Ready as `not_ready` says, without formatting a reason each round.
+        let ready = self.node.is_serving() && self.node.resync_pending().is_none();
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
     fn event(&mut self, e: Event) {
@@ -606,7 +608,14 @@ impl Driver {
     fn not_ready(&self) -> Option<String> {
         let n = &self.node;
         Some(match n.phase() {
-            Phase::Serving => return None,
+            // Writes are served, reads are not until the re-sync completes:
+            // a client routed here would be refused its reads.
+            Phase::Serving => match n.resync_pending() {
+                None => return None,
+                Some(left) => format!(
+                    "re-syncing from replicas after a restore ({left} partition replicas left to compare)"
+                ),
+            },
             Phase::Loading | Phase::Recovering => "starting up".into(),
             Phase::Rejoining => {
                 let waiting: Vec<String> =

@@ -507,3 +507,92 @@ fn unauthenticated_peers_cannot_make_the_node_allocate() {
     assert!(node.running(), "node exited:\n{}", node.log_text());
     assert!(node.rss_kib() < before + 64 * 1024);
 }
+
+/// After a restore the node answers no reads until it has re-synced from
+/// its replicas; `/ready` must say so all along, never 200 while a read
+/// would be refused.
+#[test]
+fn ready_waits_for_the_resync_after_a_restore() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, &|_| {});
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in nodes.iter_mut() {
+        n.wait_for("/ready");
+    }
+    for i in 0..50 {
+        let put = format!(
+            "PUT /v1/kv/k{i} HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\nconnection: close\r\n\r\nv"
+        );
+        let (code, body) = exchange(&nodes[i % 3].http, put.as_bytes()).unwrap();
+        assert_eq!(code, 204, "{body}");
+    }
+    let (code, body) = exchange(
+        &nodes[1].http,
+        b"POST /v1/admin/backup HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let label = serde_json::from_str::<Value>(&body).unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    nodes[1].kill();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["restore", "--config"])
+        .arg(&nodes[1].config)
+        .args(["--backup", &label])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nodes[1].start();
+    let node = &mut nodes[1];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ready_since: Option<Instant> = None;
+    let mut resync_reads = 0;
+    let mut resync_reason_seen = false;
+    loop {
+        assert!(node.running(), "node exited:\n{}", node.log_text());
+        assert!(Instant::now() < deadline, "never served reads again");
+        let ready = get(&node.http, "/ready");
+        let read = get(&node.http, "/v1/kv/k0");
+        let (Ok((ready, ready_body)), Ok((read, read_body))) = (ready, read) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        if ready == 200 {
+            ready_since.get_or_insert_with(Instant::now);
+        } else {
+            assert_eq!(ready, 503, "{ready_body}");
+            let (message, kind) = json_error(&ready_body);
+            assert_eq!(kind, "not_ready");
+            resync_reason_seen |= message.contains("re-syncing from replicas after a restore");
+        }
+        if read == 503 && read_body.contains("re-syncing") {
+            resync_reads += 1;
+            if let Some(t) = ready_since {
+                panic!(
+                    "/ready answered 200 {:?} before a read was refused: {read_body}",
+                    t.elapsed()
+                );
+            }
+        }
+        if ready == 200 && read == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{resync_reads} reads refused while re-syncing, /ready 503 all along");
+    if resync_reads > 0 {
+        assert!(
+            resync_reason_seen,
+            "/ready never gave the re-sync as its reason"
+        );
+    }
+}

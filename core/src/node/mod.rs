@@ -297,6 +297,12 @@ impl Node {
     pub fn is_serving(&self) -> bool {
         self.phase == Phase::Serving
     }
+    /// After a restore (or a lost disk): how many (partition, replica)
+    /// pairs anti-entropy has yet to find equal before the node answers
+    /// reads again; None when it is not re-syncing.
+    pub fn resync_pending(&self) -> Option<usize> {
+        self.resync.as_ref().map(|p| p.len())
+    }
     pub fn is_halted(&self) -> bool {
         self.phase == Phase::Halted
     }

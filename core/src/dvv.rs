@@ -321,19 +321,19 @@ impl KeyState {
     /// A stable digest of the whole state, for Merkle trees and comparisons.
     pub fn digest(&self) -> u64 {
         let mut h = DigestBuf::new();
-        h.update(&(self.siblings.len() as u64).to_le_bytes());
+        h.put((self.siblings.len() as u64).to_le_bytes());
         for s in &self.siblings {
             h.dot(s.dot);
             match &s.value {
                 Some(v) => {
-                    h.update(&[1]);
-                    h.update(&(v.len() as u64).to_le_bytes());
+                    h.put([1]);
+                    h.put((v.len() as u64).to_le_bytes());
                     h.update(v);
                 }
-                None => h.update(&[0]),
+                None => h.put([0]),
             }
         }
-        h.update(&(self.context.entries.len() as u64).to_le_bytes());
+        h.put((self.context.entries.len() as u64).to_le_bytes());
         for &(a, c) in &self.context.entries {
             h.dot(Dot {
                 actor: a,
@@ -383,17 +383,39 @@ impl DigestBuf {
             self.len += data.len();
             return;
         }
+        self.spill(data);
+    }
+
+    /// [`DigestBuf::update`] for a few bytes known at compile time: a fixed
+    /// size copy (a register store) instead of a call to `memcpy`.
+    #[inline(always)]
+    fn put<const N: usize>(&mut self, data: [u8; N]) {
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + N) {
+            dst.copy_from_slice(&data);
+            self.len += N;
+            return;
+        }
+        self.spill(&data);
+    }
+
+    /// Moves the buffer and `data` into the streaming hasher.
+    #[inline(never)]
+    fn spill(&mut self, data: &[u8]) {
         let stream = self.stream.get_or_insert_with(xxhash_rust::xxh3::Xxh3::new);
         stream.update(&self.buf[..self.len]);
         self.len = 0;
         stream.update(data);
     }
 
-    #[inline]
+    /// The same 16 bytes as feeding the node, the epoch and the counter one
+    /// after the other.
+    #[inline(always)]
     fn dot(&mut self, d: Dot) {
-        self.update(&d.actor.node.0.to_le_bytes());
-        self.update(&d.actor.epoch.to_le_bytes());
-        self.update(&d.counter.to_le_bytes());
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&d.actor.node.0.to_le_bytes());
+        b[4..8].copy_from_slice(&d.actor.epoch.to_le_bytes());
+        b[8..].copy_from_slice(&d.counter.to_le_bytes());
+        self.put(b);
     }
 
     fn finish(self) -> u64 {
@@ -509,5 +531,24 @@ mod tests {
             h.update(&d.counter.to_le_bytes());
             assert_eq!(s.digest(), h.digest(), "value of {len} bytes");
         }
+    }
+
+    #[test]
+    fn digest_of_a_long_context_streams_like_piecewise_feeding() {
+        // 40 entries take 640 bytes: the fixed-size writes cross the stack
+        // buffer's end.
+        let mut s = KeyState::new();
+        for n in 1..=40u32 {
+            s.context.entries.push((actor(n), u64::from(n) * 3));
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&0u64.to_le_bytes());
+        h.update(&40u64.to_le_bytes());
+        for &(a, c) in &s.context.entries {
+            h.update(&a.node.0.to_le_bytes());
+            h.update(&a.epoch.to_le_bytes());
+            h.update(&c.to_le_bytes());
+        }
+        assert_eq!(s.digest(), h.digest());
     }
 }

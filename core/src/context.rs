@@ -177,8 +177,13 @@ impl ContextMac {
         if vv.is_empty() {
             return Context::new();
         }
-        let body = postcard_append(vv, Vec::with_capacity(vv.encoded_len()));
-        Context::from(self.seal(user_key, &body))
+        // What `seal` builds, encoded in place: no separate body buffer.
+        let mut out = Vec::with_capacity(1 + vv.encoded_len() + TAG_LEN);
+        out.push(FORMAT);
+        let mut out = postcard_append(vv, out);
+        let tag = self.tag(user_key, &out[1..]);
+        out.extend_from_slice(&tag);
+        Context::from(out)
     }
 
     /// A token of `body` (whatever its bytes) for `user_key`, with a valid
@@ -321,6 +326,14 @@ mod tests {
         // The empty context is the empty token, and needs no tag.
         assert!(m.issue(b"a", &VersionVector::new()).is_empty());
         assert_eq!(m.verify(b"a", b"", &l), Ok(VersionVector::new()));
+    }
+
+    #[test]
+    fn issue_seals_the_encoded_vector() {
+        let m = mac();
+        let ctx = vv(&[(1, 1, 4), (2, 3, 9), (3, 200, 1 << 40)]);
+        let body = postcard::to_allocvec(&ctx).unwrap();
+        assert_eq!(m.issue(b"k", &ctx).as_bytes(), &m.seal(b"k", &body)[..]);
     }
 
     #[test]

@@ -140,14 +140,15 @@ impl Node {
                     self.maybe_hello(to);
                 }
                 Some(p) => {
-                    let bytes = match &encoded {
-                        Some((q, b)) if *q == p => b.clone(),
-                        _ => {
-                            let b = wire::encode(p, m);
-                            encoded = Some((p, b.clone()));
-                            b
-                        }
+                    let bytes = match encoded.take() {
+                        Some((q, b)) if q == p => b,
+                        _ => wire::encode(p, m),
                     };
+                    // Kept only for a later target: the first clone of
+                    // freshly encoded bytes allocates.
+                    if i + 1 < targets.len() {
+                        encoded = Some((p, bytes.clone()));
+                    }
                     self.push(Output::Send { to, bytes });
                 }
                 None => {

@@ -506,6 +506,34 @@ pub fn check_token_bound(key: &cairn_core::ContextKey) -> Result<(), Violation> 
     Ok(())
 }
 
+/// `reap-coordinated`: a message `node` sends, if it is a reap query, comes
+/// from the key's first replica (one coordinator a tombstone, so a reap
+/// round costs one query and one commit a replica).
+pub fn check_reap_query(node: &cairn_core::Node, bytes: &[u8]) -> Result<(), Violation> {
+    use cairn_core::wire::{decode, Decoded, Message};
+    let speaks = node.release().protocols;
+    let Ok(Decoded::Known {
+        message: Message::ReapQuery(q),
+        ..
+    }) = decode(bytes, speaks, usize::MAX)
+    else {
+        return Ok(());
+    };
+    let me = node.config().id;
+    let first = node.ring().replicas_of(&q.key).first().copied();
+    if first == Some(me) {
+        return Ok(());
+    }
+    Err(Violation::new(
+        "reap-coordinated",
+        format!(
+            "{me} asked to reap key {:?}, whose first replica is {}",
+            String::from_utf8_lossy(&q.key),
+            first.map_or("none".into(), |f| f.to_string())
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,32 +760,4 @@ mod tests {
             assert!(!covers(&disk, dot(1, 1)), "a torn record counts");
         }
     }
-}
-
-/// `reap-coordinated`: a message `node` sends, if it is a reap query, comes
-/// from the key's first replica (one coordinator a tombstone, so a reap
-/// round costs one query and one commit a replica).
-pub fn check_reap_query(node: &cairn_core::Node, bytes: &[u8]) -> Result<(), Violation> {
-    use cairn_core::wire::{decode, Decoded, Message};
-    let speaks = node.release().protocols;
-    let Ok(Decoded::Known {
-        message: Message::ReapQuery(q),
-        ..
-    }) = decode(bytes, speaks, usize::MAX)
-    else {
-        return Ok(());
-    };
-    let me = node.config().id;
-    let first = node.ring().replicas_of(&q.key).first().copied();
-    if first == Some(me) {
-        return Ok(());
-    }
-    Err(Violation::new(
-        "reap-coordinated",
-        format!(
-            "{me} asked to reap key {:?}, whose first replica is {}",
-            String::from_utf8_lossy(&q.key),
-            first.map_or("none".into(), |f| f.to_string())
-        ),
-    ))
 }

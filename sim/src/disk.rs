@@ -336,6 +336,12 @@ impl Disk {
         self.shadow.contains_key(key)
     }
 
+    /// Whether some record the simulator destroyed is still on the disk
+    /// (the node will find it damaged when it next loads).
+    pub fn holds_damage(&self) -> bool {
+        self.shadow.keys().any(|k| self.durable.contains_key(k))
+    }
+
     /// The value the node last wrote under `key`, synced or not (`None`
     /// when it last deleted it or never wrote it).
     pub fn latest(&self, key: &[u8]) -> Option<&Bytes> {

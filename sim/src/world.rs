@@ -840,7 +840,11 @@ impl World {
                         .disk
                         .durable(cairn_core::storage::META_KEY)
                         .is_some();
-                    if !halted && self.slots[node].disk.stats.damaged == damaged && kept_meta {
+                    // Nor is one still holding a record damaged before the
+                    // stop: the node finds it at load and takes a new epoch.
+                    let disk = &self.slots[node].disk;
+                    if !halted && disk.stats.damaged == damaged && kept_meta && !disk.holds_damage()
+                    {
                         self.slots[node].kept_epoch = epoch;
                     }
                 }

@@ -37,8 +37,8 @@
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,
-//! `cluster-version-monotone`, `restore-epoch`, `expectation`, and
-//! `decodable` for `Event::UnknownMessage`) are in
+//! `cluster-version-monotone`, `restore-epoch`, `refusal-visible`,
+//! `expectation`, and `decodable` for `Event::UnknownMessage`) are in
 //! [`crate::oracle_versions`].
 //!
 //! With `--unlimited-faults` (see [`crate::atlas`]) `lost-ack`,

@@ -9,6 +9,7 @@
 //! | `cluster-version-monotone` | every `Event::Recovered`            | a node's active cluster version never decreases across restarts |
 //! | `restore-epoch`         | `Event::EpochLearned`, `WriteIssued`   | after a restore, the new epoch is above every epoch the node used before (with `--unlimited-faults`: every epoch it issued a dot in), and no dot is issued before it is learned |
 //! | `expectation`           | end of a version scenario              | what the scenario exists for happened            |
+//! | `refusal-visible`       | a bound ([`refusal_bound_us`]) after a node began refusing, while it still does | every running peer linked to it both ways (since the refusal, its own start and the last link change) lists it with its release (or not at all) and not as serving |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -342,6 +343,52 @@ impl VersionOracles {
     pub fn migration_pending(&self, node: usize) -> bool {
         self.nodes[node].migration_snapshot.is_some()
     }
+}
+
+/// Slack on top of the gossip and handshake periods of `refusal-visible`:
+/// network delays, lost messages, ticks and clock drift.
+const REFUSAL_SLACK_US: u64 = 1_500_000;
+
+/// How long after a node begins refusing its peers may still list it as
+/// serving: a handshake retry (a peer that refuses its release learns it
+/// from its hello), three gossip rounds (a peer it talks to learns it from
+/// its gossip), and slack.
+pub fn refusal_bound_us(timing: &cairn_core::config::Timing) -> u64 {
+    timing.handshake_retry.0 + 3 * timing.gossip_interval.0 * 5 / 4 + REFUSAL_SLACK_US
+}
+
+/// `refusal-visible`: `observer` (a running peer of `refusing`, linked to
+/// it both ways long enough) must not list `refusing` as serving, nor with
+/// another release than the one it runs: its operators read peer health
+/// and releases on its status page, and finalization trusts them.
+pub fn check_refusal_visible(
+    refusing: cairn_core::NodeId,
+    refusing_release: &str,
+    observer: &cairn_core::Node,
+    since: cairn_core::Time,
+    now: cairn_core::Time,
+) -> Result<(), Violation> {
+    use cairn_core::wire::Health;
+    let Some(view) = observer.peers().into_iter().find(|p| p.id == refusing) else {
+        return Ok(());
+    };
+    let Some(info) = view
+        .info
+        .as_ref()
+        .filter(|i| i.health == Health::Serving || i.release != refusing_release)
+    else {
+        return Ok(());
+    };
+    Err(Violation::new(
+        "refusal-visible",
+        format!(
+            "{} still lists {refusing} as {:?} on release {} ({}) at {now}, though {refusing} runs {refusing_release} and has refused to serve since {since}",
+            observer.id(),
+            info.health,
+            info.release,
+            if view.up { "up" } else { "down" },
+        ),
+    ))
 }
 
 /// The schemas of the data and hint records of a durable image.

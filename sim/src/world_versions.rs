@@ -16,7 +16,9 @@ use rand::Rng;
 use super::{Ev, NodeState, Phase, World};
 use crate::nemesis::{Action, VersionNemesis};
 use crate::oracle::Violation;
-use crate::oracle_versions::{image_schemas, logical_records, VersionOracles};
+use crate::oracle_versions::{
+    check_refusal_visible, image_schemas, logical_records, refusal_bound_us, VersionOracles,
+};
 use crate::rng::Seeds;
 use crate::scenario::Scenario;
 use crate::trace::Record;
@@ -56,6 +58,13 @@ pub(super) enum VEv {
     OperatorRestart {
         node: usize,
         inc: u32,
+    },
+    /// `refusal-visible`: node `node` (incarnation `inc`) refuses since
+    /// `since`; its peers must have noticed by now.
+    RefusalVisible {
+        node: usize,
+        inc: u32,
+        since: Time,
     },
 }
 
@@ -118,6 +127,8 @@ pub(super) struct Driver {
     refusals: Vec<(usize, String, bool)>,
     /// Restored nodes waiting for `EpochLearned`.
     restoring: Vec<bool>,
+    /// When each node last recovered (its peer table starts afresh).
+    recovered_at: Vec<Time>,
     pub(super) stats: VersionStats,
     done: bool,
 }
@@ -178,6 +189,7 @@ impl Driver {
             served_since_start: vec![false; n],
             refusals: Vec::new(),
             restoring: vec![false; n],
+            recovered_at: vec![Time::ZERO; n],
             stats: VersionStats::default(),
         }
     }
@@ -439,6 +451,7 @@ impl World {
             VEv::MigrationCrash { node, inc } => self.migration_crash(node, inc),
             VEv::OperatorRestart { node, inc } => self.operator_restart(node, inc),
             VEv::RaceRestart { node, crash } => self.race_restart(node, crash),
+            VEv::RefusalVisible { node, inc, since } => self.refusal_visible(node, inc, since),
             VEv::RaceFinalize { target } => {
                 if self.send_finalize(target, false, None, false).is_some() {
                     self.versions.stats.finalize_races += 1;
@@ -475,6 +488,7 @@ impl World {
             }
             Event::Recovered { epoch, .. } => {
                 self.versions.served_since_start[i] = false;
+                self.versions.recovered_at[i] = self.now;
                 match node {
                     // A node refusing at start (its disk at a cluster
                     // version its build does not know, say) acts on none.
@@ -550,9 +564,21 @@ impl World {
                 Ok(())
             }
             Event::Refusing { reason } => {
+                let bound = node.map(|n| refusal_bound_us(&n.config().timing));
                 let served = self.versions.served_since_start[i];
                 self.versions.refusals.push((i, reason.clone(), served));
                 self.version_record(i, "refusing", reason);
+                if let Some(bound) = bound {
+                    let (inc, since) = (self.slots[i].inc, self.now);
+                    self.after(
+                        bound,
+                        Ev::Versions(VEv::RefusalVisible {
+                            node: i,
+                            inc,
+                            since,
+                        }),
+                    );
+                }
                 Ok(())
             }
             Event::EpochLearned { epoch } => {
@@ -795,6 +821,61 @@ impl World {
         }
         self.versions.stats.expectations_met += 1;
         Ok(())
+    }
+
+    /// `refusal-visible`: node `i` has refused since `since`. Every running
+    /// peer linked to it both ways for the bound (since the refusal, the
+    /// peer's start and the last link change) must not list it as serving.
+    /// Judged again every bound while it keeps refusing.
+    fn refusal_visible(&mut self, i: usize, inc: u32, since: Time) {
+        if self.phase == Phase::Done || self.outcome.is_some() || self.slots[i].inc != inc {
+            return;
+        }
+        let Some(node) = self.slots[i].node.as_ref() else {
+            return;
+        };
+        if node.phase() != cairn_core::node::Phase::Refusing || self.slots[i].state != NodeState::Up
+        {
+            return;
+        }
+        let bound = refusal_bound_us(&node.config().timing);
+        let (id, release) = (node.id(), node.release().version);
+        let mut verdict = Ok(());
+        for j in (0..self.slots.len()).filter(|&j| j != i) {
+            let Some(peer) = self.slots[j].node.as_ref() else {
+                continue;
+            };
+            let running = self.slots[j].state == NodeState::Up
+                && matches!(
+                    peer.phase(),
+                    cairn_core::node::Phase::Serving
+                        | cairn_core::node::Phase::Migrating
+                        | cairn_core::node::Phase::Rejoining
+                        | cairn_core::node::Phase::Refusing
+                );
+            let linked = !self.net.is_blocked(i, j) && !self.net.is_blocked(j, i);
+            let from = since
+                .max(self.net_changed_at)
+                .max(self.versions.recovered_at[j]);
+            if !running || !linked || self.now.as_micros() < from.as_micros() + bound {
+                continue;
+            }
+            if let Err(v) = check_refusal_visible(id, release, peer, since, self.now) {
+                verdict = Err(v);
+                break;
+            }
+        }
+        match verdict {
+            Err(v) => self.violation(v),
+            Ok(()) => self.after(
+                bound,
+                Ev::Versions(VEv::RefusalVisible {
+                    node: i,
+                    inc,
+                    since,
+                }),
+            ),
+        }
     }
 
     // ----- the plan ---------------------------------------------------------

@@ -12,6 +12,15 @@
 //! version, health) to one random peer, so version drift is visible on every
 //! node. A peer whose heartbeat has not advanced (and that sent nothing) for
 //! `peer_down_after` is judged down.
+//!
+//! A node that starts refusing to serve gossips to every peer at once, and
+//! keeps handshaking and gossiping while it refuses. A start counts as a
+//! new generation even when it refuses (and persists nothing); a node that
+//! hears of itself at a (generation, heartbeat) ahead of its own moves past
+//! it, so its own word wins. A hello naming another release than gossip
+//! last reported replaces what was known of the peer's last life; a peer
+//! whose release we cannot talk to is listed with that release as
+//! `Refusing`.
 
 use alloc::collections::VecDeque;
 use alloc::string::{String, ToString};
@@ -20,7 +29,7 @@ use alloc::vec::Vec;
 use crate::api::{Event, Output};
 use crate::types::{NodeId, Time};
 use crate::version;
-use crate::wire::{self, MemberInfo, Message};
+use crate::wire::{self, Health, MemberInfo, Message};
 
 use super::{Node, Phase};
 
@@ -244,7 +253,9 @@ impl Node {
             return;
         }
         self.note_epoch(from, m.epoch);
-        match self.agree(&m.release, m.protocols) {
+        let agreed = self.agree(&m.release, m.protocols);
+        self.note_release(from, &m.release, m.protocols, agreed.is_ok());
+        match agreed {
             Ok(protocol) => {
                 let ack = Message::HelloAck(wire::HelloAck {
                     node: self.cfg.id,
@@ -277,7 +288,9 @@ impl Node {
         }
         self.note_epoch(from, m.epoch);
         // Check the peer's choice ourselves rather than trusting it.
-        match self.agree(&m.release, m.protocols) {
+        let agreed = self.agree(&m.release, m.protocols);
+        self.note_release(from, &m.release, m.protocols, agreed.is_ok());
+        match agreed {
             Ok(p) if p == m.protocol => {
                 self.connected(from, p);
                 self.rejoin_report(from, m.your_epoch);
@@ -380,16 +393,72 @@ impl Node {
             return;
         }
         let target = ready[self.random_index(ready.len())];
+        let gossip = self.gossip();
+        self.send(target, gossip);
+    }
+
+    /// This node's gossip: its own info first, then what it knows of every
+    /// peer.
+    fn gossip(&self) -> Message {
         let mut members = Vec::with_capacity(self.peers.len() + 1);
         members.push(self.self_info());
         members.extend(self.peers.values().filter_map(|p| p.info.clone()));
-        self.send(target, Message::Gossip(wire::Gossip { members }));
+        Message::Gossip(wire::Gossip { members })
+    }
+
+    /// Gossips to every peer at once (queued for those not yet handshaken),
+    /// as when this node's health changes in a way peers must not miss.
+    pub(super) fn announce(&mut self) {
+        if !self.talks_to_peers() {
+            return;
+        }
+        let targets: Vec<NodeId> = self.peers.keys().copied().collect();
+        let gossip = self.gossip();
+        self.send_each(&targets, gossip);
+    }
+
+    /// What a peer's handshake says of it. A release other than the one
+    /// gossip last reported means a new life of the peer, whose gossip may
+    /// never reach us (we cannot talk to it) or may not be newer than the
+    /// last life's by its generation (a start that refused to serve persists
+    /// none): what we knew of the old life no longer holds. A peer whose
+    /// release we cannot talk to serves nothing to us.
+    fn note_release(
+        &mut self,
+        peer: NodeId,
+        release: &str,
+        protocols: version::ProtocolRange,
+        compatible: bool,
+    ) {
+        let Some(info) = self.peers.get_mut(&peer).and_then(|p| p.info.as_mut()) else {
+            return;
+        };
+        if info.release != release {
+            info.generation += 1;
+            info.heartbeat = 0;
+            info.release = release.to_string();
+            info.protocols = protocols;
+            info.health = Health::Starting;
+        }
+        if !compatible {
+            info.health = Health::Refusing;
+        }
     }
 
     pub(super) fn handle_gossip(&mut self, _from: NodeId, m: wire::Gossip) {
         let now = self.now;
         let learn = matches!(self.phase, Phase::Serving | Phase::Migrating);
         for info in m.members.into_iter().take(self.cfg.members.len()) {
+            if info.node == self.cfg.id {
+                // What peers say of this node, ahead of what it says of
+                // itself (a guess from its hello, or a life that persisted
+                // no generation): move past it, so its own word wins.
+                if (info.generation, info.heartbeat) > (self.generation, self.heartbeat) {
+                    self.generation = info.generation;
+                    self.heartbeat = info.heartbeat + 1;
+                }
+                continue;
+            }
             if learn && info.cluster_version != self.cluster_version.version() {
                 self.learn_cluster_version(&info.cluster_version);
             }

@@ -89,6 +89,9 @@ impl Node {
             }
         }
         let fresh = meta.is_none() && namespaces.is_empty();
+        // A start, even one that refuses: peers tell this life's gossip from
+        // the last one's by it.
+        self.generation = meta.as_ref().map_or(0, |m| m.generation) + 1;
         let cluster_version = match &meta {
             Some(m) => match self.known_release(&m.cluster_version) {
                 Some(v) => v,
@@ -279,7 +282,6 @@ impl Node {
             records: total,
             corrupt,
         });
-        self.generation = meta.as_ref().map_or(0, |m| m.generation) + 1;
         // Request ids are unique across this node's starts (peers remember
         // forwarded ones to drop duplicates).
         self.next_req = (self.generation << 40) + 1;

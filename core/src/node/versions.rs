@@ -138,6 +138,9 @@ impl Node {
         self.phase = Phase::Refusing;
         self.refusal = Some(reason.clone());
         self.emit(Event::Refusing { reason });
+        // Tell every peer now, not one a gossip round: they list this node
+        // as serving until they hear otherwise.
+        self.announce();
     }
 
     // ---- admin ---------------------------------------------------------

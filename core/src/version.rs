@@ -147,6 +147,45 @@ impl ReleaseId {
     }
 }
 
+/// Why `release` cannot open a data directory whose live schema is
+/// `schema`, if it cannot. `unfinished` is the schema a migration of the
+/// directory was headed for and had not reached, if one was (its progress
+/// record says so, or the cluster version it persisted asks for a newer
+/// schema): a directory one schema behind for that reason needs the release
+/// that writes the next schema again, not an older one.
+pub fn schema_refusal(release: &Release, schema: u16, unfinished: Option<u16>) -> Option<String> {
+    use alloc::format;
+    if release.reads_schema(schema) {
+        return None;
+    }
+    let reads = if release.schema > 1 {
+        format!("schemas {} and {}", release.schema - 1, release.schema)
+    } else {
+        format!("schema {}", release.schema)
+    };
+    if schema > release.schema {
+        return Some(format!(
+            "data directory uses schema {schema}, written by a newer release; release {} reads {reads}: run a newer release, or restore a backup taken before the upgrade",
+            release.version,
+        ));
+    }
+    let finisher = unfinished.filter(|&to| to > schema).and_then(|to| {
+        RELEASES
+            .iter()
+            .find(|r| r.schema == to && r.reads_schema(schema))
+    });
+    Some(match finisher {
+        Some(r) => format!(
+            "migration to schema {} not finished; start {} again to finish it, then {}: the data directory still uses schema {schema}, and release {} reads {reads}",
+            r.schema, r.version, release.version, release.version,
+        ),
+        None => format!(
+            "data directory uses schema {schema}, too old for release {}, which reads {reads}: upgrade one release at a time",
+            release.version,
+        ),
+    })
+}
+
 /// Why two peers cannot talk.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no common wire protocol: local release {local_release} speaks {local}, peer release {peer_release} speaks {peer}")]

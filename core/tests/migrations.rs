@@ -310,3 +310,73 @@ fn a_crash_at_every_step_of_a_migration_recovers_whole() {
         );
     }
 }
+
+/// A 0.2 node stopped at any point of its migration to schema 2 leaves a
+/// directory 0.3 cannot open. Once the finalization is persisted (the
+/// migration is due), the refusal says the migration is not finished and
+/// which release finishes it; before that, the directory is just too old.
+#[test]
+fn a_directory_stopped_mid_migration_is_refused_naming_the_unfinished_migration() {
+    let records: BTreeMap<Vec<u8>, Vec<u8>> = (0..300u32)
+        .map(|i| (format!("key-{i}").into_bytes(), vec![b'v'; 700]))
+        .collect();
+    let mut base = upgrade_path(&records, 0, 0);
+    base.shutdown();
+    let disk = base.disk.clone();
+    let old = ReleaseId::by_version("0.2.0").unwrap();
+    let newest = ReleaseId::by_version("0.3.0").unwrap();
+    let refusal_on_newest = |disk: &Disk, now: Time| {
+        let mut r = Harness::start(disk.clone(), newest, newest, now);
+        r.run(None);
+        r.node.refusal().map(str::to_string)
+    };
+    // Never finalized: too old, nothing about a migration.
+    let why = refusal_on_newest(&disk, base.now).expect("refused");
+    assert!(
+        why.contains("too old") && why.contains("upgrade one release at a time"),
+        "{why}"
+    );
+    assert!(!why.contains("migration"), "{why}");
+    let mut unfinished = 0;
+    for crash_after in 1..400 {
+        let mut h = Harness::start(disk.clone(), old, release(0), base.now);
+        h.run(None);
+        let start = h.outputs;
+        h.queue.push_back(Input::Admin {
+            now: h.now,
+            id: RequestId(999),
+            command: AdminCommand::Finalize { target: None },
+        });
+        if h.run(Some(start + crash_after)) {
+            break;
+        }
+        let durable = &h.disk.durable;
+        let meta = durable
+            .get(cairn_core::storage::META_KEY)
+            .map(
+                |v| match cairn_core::storage::decode_record(cairn_core::storage::META_KEY, v) {
+                    Ok(cairn_core::storage::Record::Meta(m)) => m,
+                    other => panic!("metadata: {other:?}"),
+                },
+            )
+            .expect("metadata");
+        let due = meta.cluster_version == "0.2.0"
+            || durable.contains_key(cairn_core::storage::PROGRESS_KEY);
+        let why = refusal_on_newest(&h.disk, h.now);
+        match (meta.schema, due) {
+            (2, _) => assert_eq!(why, None, "after the switch, 0.3.0 serves"),
+            (_, true) => {
+                unfinished += 1;
+                let why = why.expect("refused");
+                assert!(
+                    why.contains(
+                        "migration to schema 2 not finished; start 0.2.0 again to finish it"
+                    ),
+                    "crash after {crash_after}: {why}"
+                );
+            }
+            (_, false) => assert!(why.expect("refused").contains("too old")),
+        }
+    }
+    assert!(unfinished > 0, "no crash point fell inside the migration");
+}

@@ -298,17 +298,17 @@ fn plan(cfg: &Config) -> anyhow::Result<String> {
             .map(|(s, _)| *s)
             .unwrap_or(target),
     };
-    if !rel.reads_schema(schema) {
-        let _ = writeln!(
-            w,
-            "plan: refuse to start: release {} cannot open schema {schema} ({})",
-            rel.version,
-            if schema > rel.schema {
-                "written by a newer release: run a newer release, or restore a backup taken before the upgrade"
-            } else {
-                "too old: upgrade one release at a time"
-            }
-        );
+    // As the core decides it: a migration that had not finished (its
+    // progress record, or a cluster version asking for a newer schema) is
+    // named rather than taken for a directory too old to open.
+    let unfinished = inv
+        .progress
+        .as_ref()
+        .filter(|p| p.from == schema)
+        .map(|p| p.to)
+        .or_else(|| (cv.release().schema > schema).then_some(schema + 1));
+    if let Some(why) = cairn_core::version::schema_refusal(rel, schema, unfinished) {
+        let _ = writeln!(w, "plan: refuse to start: {why}");
         return Ok(out);
     }
     if cv > me {

@@ -117,22 +117,14 @@ impl Node {
                 .map(|(s, _)| *s)
                 .unwrap_or_else(|| self.target_schema()),
         };
-        if !self.release.reads_schema(schema) {
-            let reads = match self.release.schema {
-                s if s > *storage::SCHEMAS.start() => format!("schemas {} and {s}", s - 1),
-                s => format!("schema {s}"),
-            };
-            let why = if schema > self.release.schema {
-                format!(
-                    "data directory uses schema {schema}, written by a newer release; release {} reads {reads}: run a newer release, or restore a backup taken before the upgrade",
-                    self.release.version,
-                )
-            } else {
-                format!(
-                    "data directory uses schema {schema}, too old for release {}, which reads {reads}: upgrade one release at a time",
-                    self.release.version,
-                )
-            };
+        // A migration that had not finished: its progress record, or a
+        // cluster version that asks for a newer schema than the live one.
+        let unfinished = progress
+            .as_ref()
+            .filter(|p| p.from == schema)
+            .map(|p| p.to)
+            .or_else(|| (cluster_version.release().schema > schema).then_some(schema + 1));
+        if let Some(why) = crate::version::schema_refusal(self.release, schema, unfinished) {
             return self.refuse_at_start(total, why);
         }
         if let Some(why) = self.version_refusal(cluster_version) {

@@ -12,13 +12,14 @@
 //! - [`server`]: `cairn serve`, wiring the above and handling signals.
 //! - [`backup`]: the on-disk backup format; [`offline`]: restore and the
 //!   migration dry run on a stopped node.
-//! - [`client`], [`local_cluster`], [`bench`]: the CLI's tools.
+//! - [`client`], [`local_cluster`], [`bench`], [`follow`]: the CLI's tools.
 
 pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod follow;
 pub mod http;
 pub mod local_cluster;
 pub mod logging;

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use cairn_node::bench::{self, BenchOptions};
 use cairn_node::client::{Client, ReadResult};
 use cairn_node::config::Config;
-use cairn_node::{local_cluster, logging, offline, server};
+use cairn_node::{follow, local_cluster, logging, offline, server};
 use clap::{Parser, Subcommand};
 
 /// See the comment on transparent huge pages in `main`.
@@ -27,12 +27,17 @@ Exit codes:
   3  finalize refused: some node blocks it
   4  get: the key does not exist (or was deleted)
   5  get: the key has concurrent values (siblings); they are listed on stderr,
-     or printed with --json";
+     or printed with --json
+  6  finalize --wait, status --wait: the migrations did not finish (a node
+     refuses to serve or halted, or the wait timed out); the reason is on
+     stderr";
 
 /// `cairn get` found no value.
 const EXIT_NOT_FOUND: u8 = 4;
 /// `cairn get` found several concurrent values.
 const EXIT_SIBLINGS: u8 = 5;
+/// `--wait`: the migrations did not finish.
+const EXIT_NOT_FINISHED: u8 = 6;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +59,13 @@ struct NodeArgs {
     /// Bearer token, if the node requires one.
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct FollowArgs {
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -109,15 +121,30 @@ enum Command {
         node: NodeArgs,
     },
     /// Show a node's status (versions, peers, drift) as JSON.
+    #[command(after_help = EXIT_CODES)]
     Status {
+        /// First wait until every node serves the schema the active cluster
+        /// version asks for and no migration runs (progress on stderr).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        follow: FollowArgs,
         #[command(flatten)]
         node: NodeArgs,
     },
     /// Raise the active cluster version (after every node runs the new release).
+    #[command(after_help = EXIT_CODES)]
     Finalize {
         /// Release to finalize at (default: the node's release).
         #[arg(long)]
         target: Option<String>,
+        /// Then follow the migrations it starts until every node serves the
+        /// new schema (progress on stdout); exit 6 if one fails or the wait
+        /// times out.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        follow: FollowArgs,
         #[command(flatten)]
         node: NodeArgs,
     },
@@ -282,23 +309,58 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("ok");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { node } => {
-            let s = client(&node).json("/v1/status")?;
+        Command::Status { wait, follow, node } => {
+            let c = client(&node);
+            if wait {
+                let s = c.json("/v1/status")?;
+                let cv = s["active_cluster_version"].as_str().unwrap_or_default();
+                let Some(schema) = follow::schema_of(cv) else {
+                    anyhow::bail!("the node reports an unknown cluster version {cv:?}");
+                };
+                let progress = |lines: &[String]| eprintln!("waiting: {}", lines.join("; "));
+                if let Err(why) = wait_for_migrations(&c, schema, &follow, progress) {
+                    eprintln!("{why}");
+                    return Ok(ExitCode::from(EXIT_NOT_FINISHED));
+                }
+                eprintln!("every node serves schema {schema}; no migration runs");
+            }
+            let s = c.json("/v1/status")?;
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Finalize { target, node } => {
+        Command::Finalize {
+            target,
+            wait,
+            follow,
+            node,
+        } => {
             let mut path = "/v1/admin/finalize".to_string();
             if let Some(t) = target {
                 path.push_str(&format!("?target={t}"));
             }
-            match client(&node).post_json(&path) {
+            let c = client(&node);
+            match c.post_json(&path) {
                 Ok(v) => {
-                    println!(
-                        "cluster version is now {}",
-                        v["cluster_version"].as_str().unwrap_or("?")
-                    );
-                    Ok(ExitCode::SUCCESS)
+                    let cv = v["cluster_version"].as_str().unwrap_or("?");
+                    println!("cluster version is now {cv}");
+                    if !wait {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    let Some(schema) = follow::schema_of(cv) else {
+                        anyhow::bail!("the node reports an unknown cluster version {cv:?}");
+                    };
+                    println!("waiting for every node to migrate to schema {schema}");
+                    let progress = |lines: &[String]| println!("  {}", lines.join("; "));
+                    match wait_for_migrations(&c, schema, &follow, progress) {
+                        Ok(()) => {
+                            println!("every node serves schema {schema}: migrations finished");
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Err(why) => {
+                            eprintln!("migrations not finished: {why}");
+                            Ok(ExitCode::from(EXIT_NOT_FINISHED))
+                        }
+                    }
                 }
                 Err(e) if e.status() == Some(409) => {
                     eprintln!("finalize refused: {e}");
@@ -370,6 +432,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn wait_for_migrations(
+    c: &Client,
+    schema: u16,
+    args: &FollowArgs,
+    progress: impl FnMut(&[String]),
+) -> Result<(), String> {
+    follow::follow(
+        c,
+        schema,
+        Duration::from_secs(args.timeout),
+        Duration::from_millis(250),
+        progress,
+    )
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -150,10 +150,10 @@ fn member() -> impl Strategy<Value = MemberInfo> {
                     epoch,
                     generation,
                     heartbeat,
-                    release,
+                    release: release.into(),
                     protocols,
                     schema,
-                    cluster_version,
+                    cluster_version: cluster_version.into(),
                     health,
                 }
             },

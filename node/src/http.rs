@@ -962,7 +962,7 @@ pub fn status_json(
     for p in &s.peers {
         if let Some(info) = &p.info {
             if semver(&info.release) > semver(&newest) {
-                newest = info.release.clone();
+                newest = info.release.to_string();
             }
         }
     }

@@ -95,10 +95,10 @@ impl Node {
             epoch: self.announced_epoch(),
             generation: self.generation,
             heartbeat: self.heartbeat,
-            release: self.release.version.into(),
+            release: wire::Label::from_static(self.release.version),
             protocols: self.release.protocols,
             schema: self.schema,
-            cluster_version: self.cluster_version.version().into(),
+            cluster_version: wire::Label::from_static(self.cluster_version.version()),
             health: self.health(),
         }
     }
@@ -383,16 +383,19 @@ impl Node {
         for id in stale {
             self.set_up(id, false);
         }
-        let ready: Vec<NodeId> = self
+        // The handshaken peers, counted and then indexed rather than collected.
+        let count = self.peers.values().filter(|p| p.protocol.is_some()).count();
+        if count == 0 {
+            return;
+        }
+        let i = self.random_index(count);
+        let target = self
             .peers
             .values()
             .filter(|p| p.protocol.is_some())
-            .map(|p| p.id)
-            .collect();
-        if ready.is_empty() {
-            return;
-        }
-        let target = ready[self.random_index(ready.len())];
+            .nth(i)
+            .expect("fewer than count")
+            .id;
         let gossip = self.gossip();
         self.send(target, gossip);
     }
@@ -436,7 +439,7 @@ impl Node {
         if info.release != release {
             info.generation += 1;
             info.heartbeat = 0;
-            info.release = release.to_string();
+            info.release = wire::Label::new(release);
             info.protocols = protocols;
             info.health = Health::Starting;
         }

@@ -1,5 +1,6 @@
 //! Message bodies and their type codes.
 
+use super::Label;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -71,10 +72,10 @@ pub struct MemberInfo {
     pub generation: u64,
     /// Incremented by the member itself; failure detection watches it advance.
     pub heartbeat: u64,
-    pub release: String,
+    pub release: Label,
     pub protocols: ProtocolRange,
     pub schema: u16,
-    pub cluster_version: String,
+    pub cluster_version: Label,
     pub health: Health,
 }
 

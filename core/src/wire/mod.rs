@@ -9,8 +9,10 @@
 //! and that carries the type. Unknown types decode to
 //! [`Decoded::Unknown`]: counted and dropped, never a panic.
 
+mod label;
 mod messages;
 
+pub use label::Label;
 pub use messages::*;
 
 use alloc::format;

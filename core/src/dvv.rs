@@ -346,9 +346,7 @@ impl KeyState {
     /// Checks the representation invariants: siblings sorted with unique dots,
     /// every sibling's dot covered by the context, the context well formed.
     pub fn is_well_formed(&self) -> bool {
-        self.siblings.windows(2).all(|w| w[0].dot < w[1].dot)
-            && self.siblings.iter().all(|s| self.context.covers(s.dot))
-            && self.context.is_well_formed()
+        well_formed_parts(self.siblings.iter().map(|s| s.dot), &self.context)
     }
 
     /// Builds a state from parts, normalising order. Used by decoders; callers
@@ -357,6 +355,19 @@ impl KeyState {
         siblings.sort_by_key(|s| s.dot);
         KeyState { siblings, context }
     }
+}
+
+/// [`KeyState::is_well_formed`] of a state with siblings of `dots` (in
+/// their order) and `context`; decoders that do not build the state check
+/// its parts with it.
+pub(crate) fn well_formed_parts(
+    dots: impl Iterator<Item = Dot> + Clone,
+    context: &VersionVector,
+) -> bool {
+    let mut next = dots.clone().skip(1);
+    dots.clone().all(|d| next.next().is_none_or(|n| d < n))
+        && dots.clone().all(|d| context.covers(d))
+        && context.is_well_formed()
 }
 
 /// Feeds XXH3 through a stack buffer: small states (nearly all) hash in one

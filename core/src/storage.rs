@@ -31,7 +31,7 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::dvv::KeyState;
+use crate::dvv::{well_formed_parts, Dot, KeyState, VersionVector};
 use crate::types::NodeId;
 use crate::Error;
 
@@ -237,6 +237,50 @@ fn checksum_v2(record_key: &[u8], schema: u16, rest: &[u8]) -> u32 {
 /// Decodes a key's state stored under `record_key`, in any schema, checking
 /// its checksum and invariants.
 pub fn decode_state(record_key: &[u8], bytes: &[u8]) -> Result<KeyState, Error> {
+    let body = state_body(record_key, bytes)?;
+    let state: KeyState =
+        postcard::from_bytes(&body).map_err(|e| Error::Storage(format!("body: {e}")))?;
+    if !state.is_well_formed() {
+        return Err(Error::Storage("key state violates its invariants".into()));
+    }
+    Ok(state)
+}
+
+/// The causal context of the key state stored under `record_key`: what
+/// [`decode_state`] would return the context of, after the same checks
+/// (it fails exactly when `decode_state` fails), without copying the
+/// values out of the record.
+pub fn decode_context(record_key: &[u8], bytes: &[u8]) -> Result<VersionVector, Error> {
+    /// A [`Sibling`](crate::dvv::Sibling) as encoded, its value borrowed.
+    #[derive(Deserialize)]
+    struct SiblingView<'a> {
+        dot: Dot,
+        #[serde(borrow)]
+        #[allow(dead_code)]
+        value: Option<&'a [u8]>,
+    }
+    /// A [`KeyState`] as encoded, its values borrowed.
+    #[derive(Deserialize)]
+    struct StateView<'a> {
+        #[serde(borrow)]
+        siblings: Vec<SiblingView<'a>>,
+        context: VersionVector,
+    }
+    let body = state_body(record_key, bytes)?;
+    let state: StateView<'_> =
+        postcard::from_bytes(&body).map_err(|e| Error::Storage(format!("body: {e}")))?;
+    if !well_formed_parts(state.siblings.iter().map(|s| s.dot), &state.context) {
+        return Err(Error::Storage("key state violates its invariants".into()));
+    }
+    Ok(state.context)
+}
+
+/// The postcard body of a key state stored under `record_key`, its
+/// checksum checked and decompressed.
+fn state_body<'a>(
+    record_key: &[u8],
+    bytes: &'a [u8],
+) -> Result<alloc::borrow::Cow<'a, [u8]>, Error> {
     if bytes.len() < 6 {
         return Err(Error::Storage(format!(
             "record of {} bytes is too short",
@@ -281,12 +325,7 @@ pub fn decode_state(record_key: &[u8], bytes: &[u8]) -> Result<KeyState, Error> 
             )));
         }
     }
-    let state: KeyState =
-        postcard::from_bytes(&body).map_err(|e| Error::Storage(format!("body: {e}")))?;
-    if !state.is_well_formed() {
-        return Err(Error::Storage("key state violates its invariants".into()));
-    }
-    Ok(state)
+    Ok(body)
 }
 
 /// Decodes any record by its key.
@@ -347,6 +386,35 @@ mod tests {
             Some(Bytes::from(alloc::vec![b'x'; len])),
         );
         s
+    }
+
+    #[test]
+    fn decode_context_agrees_with_decode_state() {
+        for schema in SCHEMAS {
+            for len in [0, 1, 4000] {
+                let s = state(len);
+                let k = data_key(schema, 7, b"user");
+                let good = encode_state(schema, &k, &s);
+                assert_eq!(decode_context(&k, &good).unwrap(), *s.context());
+                // Every single-byte corruption and truncation: both fail or
+                // both give the same context.
+                let mut tries: Vec<Vec<u8>> = Vec::new();
+                for i in 0..good.len().min(64) {
+                    for bit in [0x01u8, 0x80] {
+                        let mut b = good.to_vec();
+                        b[i] ^= bit;
+                        tries.push(b);
+                    }
+                    tries.push(good[..i].to_vec());
+                }
+                for b in &tries {
+                    assert_eq!(
+                        decode_context(&k, b).ok(),
+                        decode_state(&k, b).ok().map(|s| s.context().clone())
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -50,7 +50,7 @@
 
 use bytes::Bytes;
 use cairn_core::context::{inspect, max_token_len};
-use cairn_core::storage::{data_key, decode_record, decode_state, Record, META_KEY, SCHEMAS};
+use cairn_core::storage::{data_key, decode_context, decode_record, Record, META_KEY, SCHEMAS};
 use cairn_core::{ClientError, Context, Dot, Limits, NodeId, Response};
 
 use crate::history::{History, WriteId};
@@ -264,8 +264,9 @@ pub fn durable_covers_in<'a>(
     if user != Some(user_key) {
         return false;
     }
-    match decode_state(&key, v) {
-        Ok(state) => dots.iter().any(|&d| state.context().covers(d)),
+    // Only the context matters: decode it without copying the values.
+    match decode_context(&key, v) {
+        Ok(context) => dots.iter().any(|&d| context.covers(d)),
         Err(_) => false,
     }
 }

@@ -32,6 +32,7 @@
 //! | `corrupt-truthful` | every `Event::CorruptRecord`   | the record was damaged by the disk (a record the node wrote reads back) |
 //! | `rejoin-bounded`  | every timer of a node that started on an empty disk | once a majority of the members (itself included) has served and been reachable for its probe timeout and two handshake retries, it no longer waits for the rest |
 //! | `refusal-heeded`  | every handshake refusal sent or delivered | neither the node that refuses a peer nor the one it refuses holds a protocol with the other |
+//! | `protocol-kept`   | every message sent (handshakes aside) | it travels at the protocol its sender agreed with the receiver |
 //! | `reap-coordinated` | every reap query sent          | only a key's first replica (in the sender's ring) coordinates the reaping of its tombstone |
 //! | `merkle-fresh`    | liveness phase, once converged | every node's Merkle roots equal roots built afresh from the states it holds |
 //! | `convergence`     | liveness phase                 | replicas agree (states, Merkle roots), hints drain, final reads succeed |

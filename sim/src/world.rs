@@ -1195,6 +1195,27 @@ impl World {
                         ));
                     }
                 }
+                // `protocol-kept`: a message (not a handshake) travels at
+                // the protocol its sender agreed with the receiver.
+                let t = crate::trace::message_type(&bytes);
+                if !cairn_core::wire::is_handshake_type(t) && bytes.len() >= 6 {
+                    let sent = u16::from_le_bytes([bytes[4], bytes[5]]);
+                    let agreed = self.slots[i]
+                        .node
+                        .as_ref()
+                        .and_then(|n| n.peer_protocol(to));
+                    if agreed.is_some_and(|p| p != sent) {
+                        self.violation(Violation::new(
+                            "protocol-kept",
+                            format!(
+                                "n{} sent {} to {to} at protocol {sent}, not the {} they agreed",
+                                i + 1,
+                                crate::trace::message_name(t),
+                                agreed.unwrap_or(0)
+                            ),
+                        ));
+                    }
+                }
                 if crate::trace::message_type(&bytes) == self.reap_query_type {
                     if let Some(n) = self.slots[i].node.as_ref() {
                         if let Err(v) = crate::oracle::check_reap_query(n, &bytes) {

@@ -39,6 +39,7 @@
 //!
 //! The version oracles (`no-early-format`, `migration-keeps-records`,
 //! `cluster-version-monotone`, `restore-epoch`, `refusal-visible`,
+//! `finalize-idempotent`,
 //! `expectation`, and `decodable` for `Event::UnknownMessage`) are in
 //! [`crate::oracle_versions`].
 //!

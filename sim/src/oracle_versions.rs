@@ -9,6 +9,7 @@
 //! | `cluster-version-monotone` | every `Event::Recovered`            | a node's active cluster version never decreases across restarts |
 //! | `restore-epoch`         | `Event::EpochLearned`, `WriteIssued`   | after a restore, the new epoch is above every epoch the node used before (with `--unlimited-faults`: every epoch it issued a dot in), and no dot is issued before it is learned |
 //! | `expectation`           | end of a version scenario              | what the scenario exists for happened            |
+//! | `finalize-idempotent`   | every answer to a `refinalize` step (`world_versions.rs`) | a finalization of the cluster version already active, sent again, is answered `Finalized` by a node still serving |
 //! | `refusal-visible`       | a bound ([`refusal_bound_us`]) after a node began refusing, while it still does | every running peer linked to it both ways (since the refusal, its own start and the last link change) lists it with its release (or not at all) and not as serving |
 
 use std::collections::{BTreeMap, BTreeSet};

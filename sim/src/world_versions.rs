@@ -976,8 +976,7 @@ impl World {
                 if runs == Some(self.versions.releases[i]) {
                     return true;
                 }
-                let budget = self.options.faults.max_down as usize;
-                if self.down_count() >= budget && self.phase == Phase::Safety {
+                if self.no_room_to_stop() {
                     return false;
                 }
                 self.apply_action(Action::CleanRestart(i));
@@ -995,11 +994,7 @@ impl World {
         avoid: Option<usize>,
         for_step: bool,
     ) -> Option<u64> {
-        let serving: Vec<usize> = (0..self.slots.len())
-            .filter(|&j| Some(j) != avoid)
-            .filter(|&j| self.slots[j].state == NodeState::Up)
-            .filter(|&j| self.slots[j].node.as_ref().is_some_and(|n| n.is_serving()))
-            .collect();
+        let serving = self.serving_nodes(avoid);
         let at = self.versions.nemesis.pick(&serving)?;
         let kind = AdminKind::Finalize { target, probe };
         self.versions.stats.finalize_sent += 1;
@@ -1112,10 +1107,7 @@ impl World {
                     // Timed out (the node went down meanwhile): not judged.
                     return Progress::Done;
                 }
-                let serving: Vec<usize> = (0..self.slots.len())
-                    .filter(|&j| self.slots[j].state == NodeState::Up)
-                    .filter(|&j| self.slots[j].node.as_ref().is_some_and(|n| n.is_serving()))
-                    .collect();
+                let serving = self.serving_nodes(None);
                 let Some(at) = self.versions.nemesis.pick(&serving) else {
                     return Progress::Wait;
                 };
@@ -1390,19 +1382,10 @@ impl World {
     /// Restarts `node` if it still refuses in the same incarnation (waiting
     /// while the fault budget has no room for another node down).
     fn operator_restart(&mut self, node: usize, inc: u32) {
-        let s = &self.slots[node];
-        if s.inc != inc || s.state != NodeState::Up {
+        if !self.still_in(node, inc, cairn_core::node::Phase::Refusing) {
             return;
         }
-        let refusing = s
-            .node
-            .as_ref()
-            .is_some_and(|n| n.phase() == cairn_core::node::Phase::Refusing);
-        if !refusing {
-            return;
-        }
-        let budget = self.options.faults.max_down as usize;
-        if self.down_count() >= budget && self.phase == Phase::Safety {
+        if self.no_room_to_stop() {
             self.after(POLL_US, Ev::Versions(VEv::OperatorRestart { node, inc }));
             return;
         }
@@ -1410,16 +1393,31 @@ impl World {
         self.apply_action(Action::CleanRestart(node));
     }
 
-    fn migration_crash(&mut self, node: usize, inc: u32) {
+    /// The running nodes that serve, `avoid` aside.
+    fn serving_nodes(&self, avoid: Option<usize>) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&j| Some(j) != avoid)
+            .filter(|&j| self.slots[j].state == NodeState::Up)
+            .filter(|&j| self.slots[j].node.as_ref().is_some_and(|n| n.is_serving()))
+            .collect()
+    }
+
+    /// Whether `node` still runs incarnation `inc`, in `phase`.
+    fn still_in(&self, node: usize, inc: u32, phase: cairn_core::node::Phase) -> bool {
         let s = &self.slots[node];
-        if s.inc != inc || s.state != NodeState::Up {
-            return;
-        }
-        let migrating = s
-            .node
-            .as_ref()
-            .is_some_and(|n| n.phase() == cairn_core::node::Phase::Migrating);
-        if !migrating {
+        s.inc == inc
+            && s.state == NodeState::Up
+            && s.node.as_ref().is_some_and(|n| n.phase() == phase)
+    }
+
+    /// Whether stopping one more node now would exceed the fault budget.
+    fn no_room_to_stop(&self) -> bool {
+        let budget = self.options.faults.max_down as usize;
+        self.down_count() >= budget && self.phase == Phase::Safety
+    }
+
+    fn migration_crash(&mut self, node: usize, inc: u32) {
+        if !self.still_in(node, inc, cairn_core::node::Phase::Migrating) {
             return;
         }
         self.versions.aimed[node] += 1;
